@@ -1,0 +1,5 @@
+"""Entry point for ``python -m keysvc``."""
+
+from keysvc.cli import main
+
+raise SystemExit(main())
