@@ -1,0 +1,230 @@
+"""The aiohttp application factory and the resources it owns.
+
+Each resource (database, key generator, listener) is opened and closed by one
+cleanup context, in order, so a failed start unwinds what it opened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import asyncpg
+from aiohttp import web
+
+from keysvc import migrations
+from keysvc.db import CONNECTION_FAULTS, create_pool
+from keysvc.embedded import EmbeddedPostgres, dev_secrets, ensure_role
+from keysvc.errors import ConfigError
+from keysvc.http import clients, jwks, system
+from keysvc.http.appkeys import (
+    ADMIN_TOKEN_HASH,
+    GENERATOR,
+    JWKS_CACHE,
+    LIFECYCLE,
+    METRICS,
+    SETTINGS,
+    STATUS,
+    STORE,
+    Status,
+)
+from keysvc.http.middleware import observe
+from keysvc.jwks_cache import JwksCache
+from keysvc.keygen import KeyGenerator
+from keysvc.lifecycle import NOTIFY_CHANNEL, Defaults, Lifecycle
+from keysvc.metrics import Metrics
+from keysvc.sealing import Sealer
+from keysvc.secret import Secret
+from keysvc.settings import Settings
+from keysvc.store import Store
+from keysvc.tokens import token_hash
+
+logger = logging.getLogger(__name__)
+
+LISTENER_CHECK_SECONDS = 5.0
+LISTENER_RETRY_SECONDS = 1.0
+
+
+def with_dev_secrets(settings: Settings) -> Settings:
+    """In the embedded default, fill a missing admin token and KEK from files."""
+    if not settings.embedded or (settings.admin_token and settings.keks):
+        return settings
+
+    secrets = dev_secrets(settings.data_dir)
+    logger.warning(
+        "DEVELOPMENT ONLY: %s admin token and KEK in %s (admin token file: %s); "
+        "set KEYSVC_DATABASE_URL, KEYSVC_ADMIN_TOKEN and KEYSVC_KEKS in production",
+        "generated" if secrets.generated else "using the",
+        settings.data_dir,
+        secrets.admin_token_file,
+    )
+
+    return replace(
+        settings,
+        admin_token=settings.admin_token or secrets.admin_token,
+        keks=settings.keks or secrets.keks,
+    )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    metrics: Metrics | None = None,
+    generator: KeyGenerator | None = None,
+) -> web.Application:
+    """Build the application; nothing is opened until it starts.
+
+    A ``generator`` passed in is shared, and left open at cleanup (tests).
+    """
+    settings = with_dev_secrets(settings)
+    if settings.admin_token is None or not settings.keks:
+        raise ConfigError("KEYSVC_ADMIN_TOKEN and KEYSVC_KEKS are required")
+
+    app = web.Application(
+        middlewares=[observe], client_max_size=settings.max_body_bytes
+    )
+    app[SETTINGS] = settings
+    app[METRICS] = metrics or Metrics()
+    app[STATUS] = Status()
+    app[ADMIN_TOKEN_HASH] = token_hash(settings.admin_token.reveal())
+    app[JWKS_CACHE] = JwksCache(
+        ttl=settings.jwks_cache_ttl_seconds, max_entries=settings.jwks_cache_max_entries
+    )
+
+    app.cleanup_ctx.append(_database)
+    if generator is None:
+        app.cleanup_ctx.append(_key_generator)
+    else:
+        app[GENERATOR] = generator
+    app.cleanup_ctx.append(_lifecycle)
+    app.cleanup_ctx.append(_listener)
+    app.on_shutdown.append(_drain)
+
+    jwks.add_routes(app)
+    clients.add_routes(app)
+    system.add_routes(app)
+
+    return app
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    embedded = None
+    dsn = settings.database_url
+    if dsn is None:
+        embedded = EmbeddedPostgres(settings.data_dir)
+        superuser, dsn = await asyncio.to_thread(embedded.start)
+        await ensure_role(superuser)
+    app[_DSN] = dsn
+
+    try:
+        pool = await create_pool(
+            dsn,
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
+            timeout_seconds=settings.db_timeout_seconds,
+        )
+        try:
+            async with pool.acquire() as conn:
+                await migrations.migrate(conn)
+            app[STORE] = Store(pool)
+            app[STATUS].database = True
+            yield
+        finally:
+            app[STATUS].database = False
+            await asyncio.wait_for(pool.close(), settings.shutdown_timeout_seconds)
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+async def _key_generator(app: web.Application) -> AsyncIterator[None]:
+    generator = KeyGenerator(app[SETTINGS].keygen_workers, app[METRICS])
+    app[GENERATOR] = generator
+    try:
+        await generator.warm_up()
+        yield
+    finally:
+        await asyncio.to_thread(generator.close)
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    lifecycle = Lifecycle(
+        app[STORE],
+        Sealer(settings.keks),
+        app[GENERATOR],
+        Defaults(
+            alg=settings.default_alg,
+            rsa_key_size=settings.default_rsa_key_size,
+            rotation_period_seconds=settings.default_rotation_period_seconds,
+            prepublish_period_seconds=settings.default_prepublish_period_seconds,
+            grace_period_seconds=settings.default_grace_period_seconds,
+        ),
+        app[METRICS],
+    )
+    lifecycle.on_change.append(app[JWKS_CACHE].invalidate)
+    app[LIFECYCLE] = lifecycle
+    yield
+
+
+async def _listener(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(_listen_forever(app), name="keysvc-listener")
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _listen_forever(app: web.Application) -> None:
+    """LISTEN for key changes; after any reconnect, drop every cached JWKS."""
+    settings, status, cache = app[SETTINGS], app[STATUS], app[JWKS_CACHE]
+    connected_before = False
+
+    def on_notify(_conn: object, _pid: int, _channel: str, client_id: str) -> None:
+        cache.invalidate(client_id)
+
+    while True:
+        conn = None
+        try:
+            conn = await asyncpg.connect(
+                app[_DSN].reveal(), timeout=settings.db_timeout_seconds
+            )
+            lost = asyncio.Event()
+            conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
+            await conn.add_listener(NOTIFY_CHANNEL, on_notify)
+            if connected_before:
+                # Notifications sent while we were away are lost for good.
+                cache.clear()
+                logger.warning("listener reconnected: dropped every cached JWKS")
+            connected_before = True
+            status.listening = True
+            while not conn.is_closed():
+                # Woken at once when the server ends the connection; the
+                # ping finds a connection that died without a word.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(lost.wait(), LISTENER_CHECK_SECONDS)
+                if lost.is_set():
+                    break
+                await conn.execute("SELECT 1", timeout=settings.db_timeout_seconds)
+            logger.warning("listener connection closed by the server")
+        except CONNECTION_FAULTS as exc:
+            logger.warning("listener connection lost: %s", type(exc).__name__)
+        finally:
+            status.listening = False
+            if conn is not None and not conn.is_closed():
+                conn.terminate()
+        await asyncio.sleep(LISTENER_RETRY_SECONDS)
+
+
+async def _drain(app: web.Application) -> None:
+    app[STATUS].draining = True
+    logger.info("shutting down: readiness is now false")
+
+
+_DSN = web.AppKey("dsn", Secret)

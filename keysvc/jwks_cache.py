@@ -1,0 +1,173 @@
+"""Published JWKS documents, kept in memory as ready bytes with their ETag.
+
+A hit costs a dict lookup and a clock read: the bytes, the ETag and the
+``Cache-Control`` values are computed once, when the entry is built. Entries
+are dropped on every change to the client's keys (locally at once, and on
+other replicas through ``NOTIFY``), and live at most ``ttl`` seconds in case a
+notification was lost. Concurrent misses for one client share one load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+_JITTER_VARIANTS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    """HTTP caching of one client's JWKS, derived from its schedule."""
+
+    max_age: int
+    stale_while_revalidate: int
+    stale_if_error: int
+
+    def header(self, max_age: int) -> str:
+        return (
+            f"public, max-age={max_age}, "
+            f"stale-while-revalidate={self.stale_while_revalidate}, "
+            f"stale-if-error={self.stale_if_error}"
+        )
+
+
+def cache_policy(
+    *, prepublish_period_seconds: int, grace_period_seconds: int, cap_seconds: int
+) -> CachePolicy:
+    """Caching bounds that let every honest cache see a ``next`` key in time.
+
+    A cache may hold a document for ``max-age`` and then serve it while it
+    revalidates for ``stale-while-revalidate`` more; the sum stays within the
+    prepublish period, so a key published that long is in every cache before
+    it signs. ``stale-if-error`` only applies while keysvc cannot answer, and
+    is bounded by the grace period, past which a retired key must be gone.
+    """
+    max_age = min(cap_seconds, prepublish_period_seconds * 2 // 3)
+    swr = min(max_age // 2, prepublish_period_seconds - max_age)
+
+    return CachePolicy(
+        max_age=max_age,
+        stale_while_revalidate=max(0, swr),
+        stale_if_error=min(grace_period_seconds, 86400),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class JwksEntry:
+    """One client's JWKS, ready to send."""
+
+    body: bytes
+    etag: str
+    keys: dict[str, tuple[bytes, str]]
+    cache_controls: tuple[str, ...]
+    expires_at: float = field(compare=False)
+
+    def cache_control(self) -> str:
+        # Jitter spreads the expiry of many caches that fetched at once.
+        return random.choice(self.cache_controls)
+
+
+def build_entry(
+    public_keys: list[dict[str, Any]], policy: CachePolicy, *, ttl: float
+) -> JwksEntry:
+    """Serialise once: the document, each key alone, the ETag, the headers."""
+    body = json.dumps({"keys": public_keys}, separators=(",", ":")).encode()
+    by_kid = {}
+    for key in public_keys:
+        if "kid" in key:
+            key_body = json.dumps(key, separators=(",", ":")).encode()
+            by_kid[str(key["kid"])] = (key_body, strong_etag(key_body))
+    spread = max(1, policy.max_age // 10)
+    variants = tuple(
+        policy.header(max(0, policy.max_age - i * spread // _JITTER_VARIANTS))
+        for i in range(_JITTER_VARIANTS)
+    )
+
+    return JwksEntry(body, strong_etag(body), by_kid, variants, time.monotonic() + ttl)
+
+
+def strong_etag(body: bytes) -> str:
+    digest = hashlib.sha256(body).digest()[:18]
+
+    return '"' + base64.urlsafe_b64encode(digest).decode() + '"'
+
+
+class _Flight:
+    __slots__ = ("future", "stale")
+
+    def __init__(self, future: asyncio.Future[JwksEntry | None]) -> None:
+        self.future = future
+        self.stale = False
+
+
+class JwksCache:
+    """A bounded map of client id to :class:`JwksEntry`, with single-flight loads."""
+
+    def __init__(self, *, ttl: float, max_entries: int) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: dict[str, JwksEntry] = {}
+        self._flights: dict[str, _Flight] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, client_id: str) -> JwksEntry | None:
+        entry = self._entries.get(client_id)
+        if entry is not None and entry.expires_at < time.monotonic():
+            del self._entries[client_id]
+            return None
+
+        return entry
+
+    async def load(
+        self, client_id: str, loader: Callable[[], Awaitable[JwksEntry | None]]
+    ) -> JwksEntry | None:
+        """Build a missing entry, once for all concurrent callers."""
+        flight = self._flights.get(client_id)
+        if flight is not None:
+            return await asyncio.shield(flight.future)
+
+        flight = _Flight(asyncio.get_running_loop().create_future())
+        self._flights[client_id] = flight
+        try:
+            entry = await loader()
+        except BaseException as exc:
+            flight.future.set_exception(exc)
+            # Retrieve it here, so a load nobody else awaited logs no warning.
+            flight.future.exception()
+            raise
+        finally:
+            self._flights.pop(client_id, None)
+
+        if entry is not None and not flight.stale:
+            self._store(client_id, entry)
+        flight.future.set_result(entry)
+
+        return entry
+
+    def invalidate(self, client_id: str) -> None:
+        self._entries.pop(client_id, None)
+        flight = self._flights.get(client_id)
+        if flight is not None:
+            # A load that started before the change must not be kept.
+            flight.stale = True
+
+    def clear(self) -> None:
+        self._entries.clear()
+        for flight in self._flights.values():
+            flight.stale = True
+
+    def _store(self, client_id: str, entry: JwksEntry) -> None:
+        if len(self._entries) >= self.max_entries:
+            # Dicts keep insertion order: drop the oldest tenth in one go.
+            for stale in list(self._entries)[: max(1, self.max_entries // 10)]:
+                del self._entries[stale]
+        self._entries[client_id] = entry

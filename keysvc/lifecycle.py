@@ -1,0 +1,527 @@
+"""The key lifecycle: creating clients, rotating, importing and revoking keys.
+
+Every change happens in one transaction that first locks the client's row, so
+changes to one client queue up and the database constraints (one ``active``,
+one ``next``) are never put to the test by our own races. Keys are generated
+before the transaction opens: no row lock or connection is held while a worker
+process does arithmetic. Each change ends with a ``NOTIFY`` so that every
+replica drops its cached JWKS for that client.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from keysvc import keys
+from keysvc.errors import Conflict, InvalidPolicy, NotFound, TooYoung, UnsealError
+from keysvc.keygen import KeyGenerator
+from keysvc.metrics import Metrics
+from keysvc.models import AuthMethod, Client, KeyRecord, KeySource, KeyState, Policy
+from keysvc.sealing import SealedBlob, Sealer
+from keysvc.store import NewKey, Store, Tx
+from keysvc.tokens import CLIENT_PREFIX, new_token, token_hash
+
+logger = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "keysvc_jwks"
+# A client holds few published keys; more is a runaway import loop.
+MAX_PUBLISHED_KEYS = 10
+
+
+@dataclass(frozen=True, slots=True)
+class ClientRequest:
+    """A validated request to register a client; None means "the default"."""
+
+    client_id: str
+    auth_method: AuthMethod = AuthMethod.PRIVATE_KEY_JWT
+    key_source: KeySource = KeySource.GENERATED
+    alg: str | None = None
+    key_size: int | None = None
+    rotation_period_seconds: int | None = None
+    prepublish_period_seconds: int | None = None
+    grace_period_seconds: int | None = None
+    jwks_uri: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedClient:
+    client: Client
+    keys: list[KeyRecord]
+    client_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    alg: str
+    rsa_key_size: int
+    rotation_period_seconds: int
+    prepublish_period_seconds: int
+    grace_period_seconds: int
+
+
+class Lifecycle:
+    """Domain operations on clients and their keys."""
+
+    def __init__(
+        self,
+        store: Store,
+        sealer: Sealer,
+        generator: KeyGenerator,
+        defaults: Defaults,
+        metrics: Metrics,
+    ) -> None:
+        self.store = store
+        self.sealer = sealer
+        self.generator = generator
+        self.defaults = defaults
+        self.metrics = metrics
+        # Called with a client id after each committed change, for local caches.
+        self.on_change: list[Callable[[str], None]] = []
+
+    # -- policy ---------------------------------------------------------------
+
+    def policy_for(self, request: ClientRequest) -> Policy:
+        d = self.defaults
+        spec = keys.key_spec(
+            request.alg or d.alg, request.key_size, default_rsa_size=d.rsa_key_size
+        )
+        policy = Policy(
+            alg=spec.alg,
+            key_size=spec.key_size,
+            rotation_period_seconds=_given(
+                request.rotation_period_seconds, d.rotation_period_seconds
+            ),
+            prepublish_period_seconds=_given(
+                request.prepublish_period_seconds, d.prepublish_period_seconds
+            ),
+            grace_period_seconds=_given(
+                request.grace_period_seconds, d.grace_period_seconds
+            ),
+        )
+        _check_periods(policy)
+
+        return policy
+
+    # -- clients --------------------------------------------------------------
+
+    async def create_client(
+        self, request: ClientRequest, *, actor: str
+    ) -> CreatedClient:
+        policy = self.policy_for(request)
+        if request.auth_method is AuthMethod.CLIENT_SECRET_JWT:
+            raise InvalidPolicy("client_secret_jwt clients are not supported yet")
+        if (request.key_source is KeySource.REMOTE) != (request.jwks_uri is not None):
+            raise InvalidPolicy("jwks_uri is given exactly when key_source is remote")
+
+        new_keys: list[NewKey] = []
+        if request.key_source is KeySource.GENERATED:
+            spec = keys.KeySpec(policy.alg, policy.key_size)
+            active, following = await self.generator.generate_many([spec, spec])
+            new_keys = [
+                self._sealed(request.client_id, active, KeyState.ACTIVE),
+                self._sealed(request.client_id, following, KeyState.NEXT),
+            ]
+
+        token = new_token(CLIENT_PREFIX)
+        async with self.store.transaction("create client") as tx:
+            client = await tx.insert_client(
+                client_id=request.client_id,
+                auth_method=request.auth_method.value,
+                key_source=request.key_source.value,
+                policy=policy,
+                jwks_uri=request.jwks_uri,
+                token_hash=token_hash(token),
+            )
+            await tx.insert_keys(client.client_id, new_keys)
+            await tx.record(
+                client.client_id,
+                "client.created",
+                actor=actor,
+                key_source=client.key_source.value,
+                alg=policy.alg,
+            )
+            for key in new_keys:
+                await tx.record(
+                    client.client_id,
+                    "key.generated",
+                    actor=actor,
+                    kid=key.kid,
+                    state=key.state.value,
+                )
+            await _notify(tx, client.client_id)
+            records = await _live_list(tx, client.client_id)
+
+        logger.info(
+            "client %s created (%s, %s)",
+            client.client_id,
+            client.key_source.value,
+            policy.alg,
+            extra={"client_id": client.client_id},
+        )
+        self._changed(client.client_id)
+
+        return CreatedClient(client, records, token)
+
+    async def update_policy(
+        self, client_id: str, changes: dict[str, Any], *, actor: str
+    ) -> Client:
+        """Change a client's policy; new values apply to keys made from now on."""
+        async with self.store.transaction("update client") as tx:
+            client = await _locked(tx, client_id)
+            current = client.policy
+            merged = replace(current, **changes)
+            if "alg" in changes or "key_size" in changes:
+                if client.key_source is KeySource.REMOTE:
+                    raise InvalidPolicy("a remote client's keys come from its jwks_uri")
+                spec = keys.key_spec(
+                    merged.alg,
+                    changes.get(
+                        "key_size", None if "alg" in changes else current.key_size
+                    ),
+                    default_rsa_size=self.defaults.rsa_key_size,
+                )
+                merged = replace(merged, alg=spec.alg, key_size=spec.key_size)
+            _check_periods(merged)
+
+            columns = {
+                "alg": merged.alg,
+                "key_size": merged.key_size,
+                "rotation_period_seconds": merged.rotation_period_seconds,
+                "prepublish_period_seconds": merged.prepublish_period_seconds,
+                "grace_period_seconds": merged.grace_period_seconds,
+            }
+            updated = await tx.update_client(client_id, columns)
+            await tx.record(
+                client_id, "client.updated", actor=actor, changes=sorted(changes)
+            )
+            await _notify(tx, client_id)
+
+        self._changed(client_id)
+        return updated
+
+    async def delete_client(self, client_id: str, *, actor: str) -> None:
+        """Delete a client and every key; its audit trail stays."""
+        async with self.store.transaction("delete client") as tx:
+            await _locked(tx, client_id)
+            await tx.delete_client(client_id)
+            await tx.record(client_id, "client.deleted", actor=actor)
+            await _notify(tx, client_id)
+
+        logger.info("client %s deleted", client_id, extra={"client_id": client_id})
+        self._changed(client_id)
+
+    # -- keys -----------------------------------------------------------------
+
+    async def rotate(
+        self, client_id: str, *, force: bool, actor: str, trigger: str = "manual"
+    ) -> dict[KeyState, KeyRecord]:
+        """Promote the published ``next`` key, retire the ``active`` one.
+
+        A generated client gets a fresh ``next`` key in the same transaction.
+        Refused while the ``next`` key is younger than the prepublish period,
+        unless forced.
+        """
+        client = await self._client(client_id)
+        if client.key_source is KeySource.REMOTE:
+            raise Conflict("a remote client's keys rotate at its jwks_uri")
+        # Check early, so a refused rotation costs no key generation.
+        async with self.store.transaction("check rotation") as tx:
+            await self._check_next_age(tx, client, force=force)
+
+        fresh = await self._fresh_next(client)
+        async with self.store.transaction("rotate") as tx:
+            client = await _locked(tx, client_id)
+            following = await self._check_next_age(tx, client, force=force)
+            live = await tx.live_keys(client_id)
+            for current in live.get(KeyState.ACTIVE, []):
+                await tx.retire(client_id, current.kid)
+                await tx.record(client_id, "key.retired", actor=actor, kid=current.kid)
+            await tx.activate(client_id, following.kid)
+            await tx.record(
+                client_id,
+                "key.activated",
+                actor=actor,
+                kid=following.kid,
+                trigger="forced" if force else trigger,
+            )
+            if fresh is not None:
+                await tx.insert_keys(client_id, [fresh])
+                await tx.record(
+                    client_id, "key.generated", actor=actor, kid=fresh.kid, state="next"
+                )
+            await _notify(tx, client_id)
+            after = await tx.live_keys(client_id)
+
+        label = "forced" if force else trigger
+        self.metrics.rotations.labels(label).inc()
+        logger.info(
+            "client %s rotated (%s): %s is active",
+            client_id,
+            label,
+            following.kid,
+            extra={"client_id": client_id, "kid": following.kid},
+        )
+        self._changed(client_id)
+
+        return {state: records[-1] for state, records in after.items()}
+
+    async def import_key(
+        self, client_id: str, jwk: object, *, activate: bool, actor: str
+    ) -> KeyRecord:
+        """Publish a client's own public key as its ``next`` (or ``active``) key."""
+        client = await self._client(client_id)
+        if client.key_source is not KeySource.IMPORTED:
+            raise Conflict(
+                f"client {client_id} has {client.key_source.value} keys; "
+                "only an imported-keys client takes a key"
+            )
+        imported = keys.import_public_jwk(jwk, policy_alg=client.policy.alg)
+
+        async with self.store.transaction("import key") as tx:
+            await _locked(tx, client_id)
+            if await tx.get_key(client_id, imported.kid) is not None:
+                raise Conflict(f"key {imported.kid} was already imported")
+            live = await tx.live_keys(client_id)
+            if sum(len(v) for v in live.values()) >= MAX_PUBLISHED_KEYS:
+                raise Conflict(
+                    f"client {client_id} already publishes {MAX_PUBLISHED_KEYS} "
+                    "keys; revoke one first"
+                )
+
+            has_active = bool(live.get(KeyState.ACTIVE))
+            state = KeyState.ACTIVE if activate or not has_active else KeyState.NEXT
+            if state is KeyState.NEXT and live.get(KeyState.NEXT):
+                raise Conflict(
+                    f"client {client_id} already has a next key "
+                    f"({live[KeyState.NEXT][0].kid}); rotate or revoke it first"
+                )
+            if state is KeyState.ACTIVE:
+                for current in live.get(KeyState.ACTIVE, []):
+                    await tx.retire(client_id, current.kid)
+                    await tx.record(
+                        client_id, "key.retired", actor=actor, kid=current.kid
+                    )
+            new = NewKey(
+                imported.kid, imported.alg, state, "imported", imported.public_jwk
+            )
+            await tx.insert_keys(client_id, [new])
+            await tx.record(
+                client_id, "key.imported", actor=actor, kid=new.kid, state=state.value
+            )
+            await _notify(tx, client_id)
+            record = await tx.get_key(client_id, new.kid)
+
+        logger.info(
+            "client %s imported key %s as %s",
+            client_id,
+            imported.kid,
+            state.value,
+            extra={"client_id": client_id, "kid": imported.kid},
+        )
+        self._changed(client_id)
+        if record is None:
+            raise NotFound(f"key {imported.kid} vanished during import")
+
+        return record
+
+    async def revoke(self, client_id: str, kid: str, *, actor: str) -> KeyRecord:
+        """Withdraw a key at once and destroy its private part.
+
+        Revoking the ``active`` key is a forced rotation: the ``next`` key
+        takes over. A generated client gets a fresh ``next`` key.
+        """
+        client = await self._client(client_id)
+        async with self.store.transaction("check revoke") as tx:
+            before = await tx.get_key(client_id, kid)
+        if before is None:
+            raise NotFound(f"client {client_id} has no key {kid}")
+        if before.state in (KeyState.EXPIRED, KeyState.REVOKED):
+            raise Conflict(f"key {kid} is already {before.state.value}")
+        needs_next = before.state in (KeyState.ACTIVE, KeyState.NEXT)
+        fresh = await self._fresh_next(client) if needs_next else None
+
+        async with self.store.transaction("revoke") as tx:
+            await _locked(tx, client_id)
+            key = await tx.get_key(client_id, kid)
+            if key is None or key.state in (KeyState.EXPIRED, KeyState.REVOKED):
+                raise Conflict(f"key {kid} was ended by a concurrent change")
+            await tx.end(client_id, kid, KeyState.REVOKED)
+            await tx.record(
+                client_id, "key.revoked", actor=actor, kid=kid, was=key.state.value
+            )
+
+            live = await tx.live_keys(client_id)
+            if key.state is KeyState.ACTIVE and live.get(KeyState.NEXT):
+                promoted = live[KeyState.NEXT][0]
+                await tx.activate(client_id, promoted.kid)
+                await tx.record(
+                    client_id,
+                    "key.activated",
+                    actor=actor,
+                    kid=promoted.kid,
+                    trigger="revocation",
+                )
+                live.pop(KeyState.NEXT)
+            if fresh is not None and not live.get(KeyState.NEXT):
+                await tx.insert_keys(client_id, [fresh])
+                await tx.record(
+                    client_id, "key.generated", actor=actor, kid=fresh.kid, state="next"
+                )
+            await _notify(tx, client_id)
+            ended = await tx.get_key(client_id, kid)
+
+        self.metrics.revocations.inc()
+        if key.state is KeyState.ACTIVE:
+            self.metrics.rotations.labels("forced").inc()
+        logger.info(
+            "client %s revoked key %s (was %s)",
+            client_id,
+            kid,
+            key.state.value,
+            extra={"client_id": client_id, "kid": kid},
+        )
+        self._changed(client_id)
+        if ended is None:
+            raise NotFound(f"key {kid} vanished during revocation")
+
+        return ended
+
+    async def rewrap_all(
+        self, *, actor: str, batch: int = 200
+    ) -> tuple[int, list[str]]:
+        """Move every sealed blob to the first KEK; return (moved, failed kids)."""
+        moved, failed = 0, []
+        after: tuple[str, str] | None = None
+        while page := await self.store.sealed_keys(after=after, limit=batch):
+            after = (page[-1].client_id, page[-1].kid)
+            for key in page:
+                if key.kek_id == self.sealer.current_kek_id or key.sealed is None:
+                    continue
+                blob = SealedBlob(key.kek_id or "", key.sealed)
+                try:
+                    resealed = self.sealer.rewrap(
+                        blob, client_id=key.client_id, kid=key.kid
+                    )
+                except UnsealError as exc:
+                    logger.error("cannot rewrap key %s: %s", key.kid, exc.detail)
+                    failed.append(key.kid)
+                    continue
+                async with self.store.transaction("rewrap") as tx:
+                    if await tx.reseal(
+                        key.client_id, key.kid, resealed.kek_id, resealed.blob
+                    ):
+                        await tx.record(
+                            key.client_id,
+                            "key.rewrapped",
+                            actor=actor,
+                            kid=key.kid,
+                            kek_id=resealed.kek_id,
+                        )
+                        moved += 1
+
+        return moved, failed
+
+    # -- internals ------------------------------------------------------------
+
+    async def _client(self, client_id: str) -> Client:
+        client = await self.store.get_client(client_id)
+        if client is None:
+            raise NotFound(f"no client {client_id}")
+
+        return client
+
+    async def _check_next_age(
+        self, tx: Tx, client: Client, *, force: bool
+    ) -> KeyRecord:
+        live = await tx.live_keys(client.client_id)
+        nexts = live.get(KeyState.NEXT)
+        if not nexts:
+            raise Conflict(
+                f"client {client.client_id} has no next key to promote"
+                + (
+                    "; import one first"
+                    if client.key_source is KeySource.IMPORTED
+                    else ""
+                )
+            )
+        following = nexts[0]
+        if force:
+            return following
+
+        published_for = (await tx.now() - following.published_at).total_seconds()
+        wait = client.policy.prepublish_period_seconds - published_for
+        if wait > 0:
+            needed = client.policy.prepublish_period_seconds
+            raise TooYoung(
+                f"the next key {following.kid} has been published for "
+                f"{int(published_for)} s of the {needed} s every cache needs; "
+                "retry later or force the rotation",
+                retry_after=max(1, int(wait + 0.999)),
+            )
+
+        return following
+
+    async def _fresh_next(self, client: Client) -> NewKey | None:
+        if client.key_source is not KeySource.GENERATED:
+            return None
+        spec = keys.KeySpec(client.policy.alg, client.policy.key_size)
+        generated = await self.generator.generate(spec)
+
+        return self._sealed(client.client_id, generated, KeyState.NEXT)
+
+    def _sealed(
+        self, client_id: str, key: keys.GeneratedKey, state: KeyState
+    ) -> NewKey:
+        sealed = self.sealer.seal(key.private_jwk, client_id=client_id, kid=key.kid)
+
+        return NewKey(
+            key.kid,
+            key.alg,
+            state,
+            "generated",
+            key.public_jwk,
+            sealed.kek_id,
+            sealed.blob,
+        )
+
+    def _changed(self, client_id: str) -> None:
+        for callback in self.on_change:
+            callback(client_id)
+
+
+def _given(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
+def _check_periods(policy: Policy) -> None:
+    if policy.rotation_period_seconds <= 0:
+        raise InvalidPolicy("rotation_period must be positive")
+    if policy.prepublish_period_seconds > policy.rotation_period_seconds:
+        raise InvalidPolicy(
+            "prepublish_period cannot exceed rotation_period: the next key is "
+            "published one rotation ahead"
+        )
+
+
+async def _locked(tx: Tx, client_id: str) -> Client:
+    client = await tx.lock_client(client_id)
+    if client is None:
+        raise NotFound(f"no client {client_id}")
+
+    return client
+
+
+async def _live_list(tx: Tx, client_id: str) -> list[KeyRecord]:
+    live = await tx.live_keys(client_id)
+
+    return [
+        k for state in (KeyState.ACTIVE, KeyState.NEXT) for k in live.get(state, [])
+    ]
+
+
+async def _notify(tx: Tx, client_id: str) -> None:
+    # Delivered at commit, to every replica that LISTENs, this one included.
+    await tx.notify(NOTIFY_CHANNEL, client_id)

@@ -1,0 +1,73 @@
+"""Logging: one JSON object a line (or text for people), with the request id.
+
+Chosen once, at the entry point. As a last line of defence, anything shaped
+like a keysvc token is masked before a line is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+from contextvars import ContextVar
+from datetime import UTC, datetime
+
+request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
+
+_TOKEN = re.compile(r"ks(?:cl|vf|ad)_[A-Za-z0-9_-]{20,}")
+# Attributes every LogRecord has; anything else was passed in ``extra=``.
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+}
+
+
+def _mask(text: str) -> str:
+    return _TOKEN.sub(lambda m: m.group(0)[:5] + "***", text)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": _mask(record.getMessage()),
+        }
+        request_id = request_id_var.get()
+        if request_id is not None:
+            entry["request_id"] = request_id
+        for name, value in record.__dict__.items():
+            if name not in _STANDARD and not name.startswith("_"):
+                entry[name] = value
+        if record.exc_info:
+            entry["exc_info"] = _mask(self.formatException(record.exc_info))
+
+        return json.dumps(entry, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = _mask(super().format(record))
+        request_id = request_id_var.get()
+
+        return f"{line} [{request_id}]" if request_id else line
+
+
+def setup_logging(log_format: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # aiohttp's own access log would duplicate ours.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    for noisy in ("apscheduler", "pgserver", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
