@@ -100,21 +100,22 @@ class Metrics:
         )
         self.scheduler_runs = Counter(
             "keysvc_scheduler_runs",
-            "Scheduler job runs, by job and outcome.",
-            ["job", "outcome"],
+            "Scheduler job runs, by task and outcome.",
+            # Not "job": Prometheus owns that label for the scrape target.
+            ["task", "outcome"],
             registry=r,
         )
         self.scheduler_duration = Histogram(
             "keysvc_scheduler_run_duration_seconds",
-            "Duration of scheduler job runs, by job.",
-            ["job"],
+            "Duration of scheduler job runs, by task.",
+            ["task"],
             buckets=_JOB_BUCKETS,
             registry=r,
         )
         self.scheduler_last_success = Gauge(
             "keysvc_scheduler_last_success_timestamp_seconds",
-            "Unix time of the last successful run of each scheduler job.",
-            ["job"],
+            "Unix time of the last successful run of each scheduler task.",
+            ["task"],
             registry=r,
         )
         self.key_generation = Histogram(

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -22,7 +24,8 @@ from aiohttp.test_utils import TestServer
 from keysvc import migrations
 from keysvc.http.app import create_app
 from keysvc.keygen import KeyGenerator
-from keysvc.sealing import Kek, new_kek
+from keysvc.logs import JsonFormatter
+from keysvc.sealing import Kek, format_kek, new_kek
 from keysvc.secret import Secret
 from keysvc.settings import Settings
 
@@ -152,3 +155,68 @@ async def http(server: TestServer) -> AsyncIterator[aiohttp.ClientSession]:
 @pytest.fixture
 def admin() -> dict[str, str]:
     return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+class LeakWatch:
+    """Every log line of the session, and the secrets that must not be in them."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.secrets: set[str] = set()
+
+    def add(self, *values: str) -> None:
+        self.secrets.update(v for v in values if v and len(v) >= 8)
+
+    def leaks(self) -> list[tuple[str, str]]:
+        return [
+            (secret[:6] + "…", line[:200])
+            for line in self.lines
+            for secret in self.secrets
+            if secret in line
+        ]
+
+
+class _Collect(logging.Handler):
+    def __init__(self, watch: LeakWatch) -> None:
+        super().__init__(logging.DEBUG)
+        self.watch = watch
+        self.setFormatter(JsonFormatter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.watch.lines.append(self.format(record))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def leak_watch(kek: Kek) -> Iterator[LeakWatch]:
+    """Fails the session if any registered secret reached any log line."""
+    watch = LeakWatch()
+    watch.add(ADMIN_TOKEN, format_kek(kek).split(":", 1)[1])
+    handler = _Collect(watch)
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    yield watch
+    root.removeHandler(handler)
+    root.setLevel(previous)
+    leaks = watch.leaks()
+    if leaks:
+        pytest.fail(f"secrets reached the log: {leaks[:5]}")
+
+
+@pytest.fixture
+def create_client(
+    http: aiohttp.ClientSession, admin: dict[str, str], leak_watch: LeakWatch
+) -> Callable[..., Awaitable[dict[str, Any]]]:
+    """POST /clients and return the 201 body; its token joins the leak watch."""
+
+    async def create(client_id: str, **fields: Any) -> dict[str, Any]:
+        response = await http.post(
+            "/clients", json={"client_id": client_id, **fields}, headers=admin
+        )
+        body = await response.json()
+        assert response.status == 201, body
+        leak_watch.add(body["client_token"], body.get("client_secret") or "")
+        return dict(body)
+
+    return create
