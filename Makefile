@@ -34,7 +34,19 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# The bench's load generator and ceilings come from Debian (wrk, nginx) and
+# npm (node-oidc-provider, pinned by bench/node/package-lock.json); each is
+# installed here only when missing. See bench/README.md.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 bench: $(STAMP)
+	@if ! command -v wrk >/dev/null || ! { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null; then \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk nginx-light; \
+	fi
+	@if command -v npm >/dev/null && [ ! -d bench/node/node_modules/oidc-provider ]; then \
+		cd bench/node && npm ci --no-audit --no-fund; \
+	fi
 	$(PY) -m bench
 
 clean:

@@ -17,7 +17,7 @@ from keysvc import __version__, migrations
 from keysvc.db import create_pool
 from keysvc.embedded import EmbeddedPostgres, ensure_role
 from keysvc.errors import KeysvcError
-from keysvc.http import render
+from keysvc.http import render, server
 from keysvc.http.app import create_app, with_dev_secrets
 from keysvc.http.appkeys import LIFECYCLE, SETTINGS, STORE
 from keysvc.lifecycle import ClientRequest, Lifecycle
@@ -49,18 +49,7 @@ def serve(settings: Settings) -> int:
             f"  (kept in {settings.data_dir / 'admin-token'}; development only)\n\n"
         )
         sys.stdout.flush()
-    logger.info(
-        "keysvc %s listening on http://%s:%d", __version__, settings.host, settings.port
-    )
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        shutdown_timeout=settings.shutdown_timeout_seconds,
-        access_log=None,
-        print=None,
-        handle_signals=True,
-    )
+    asyncio.run(server.serve(app, settings))
 
     return 0
 

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 
-from keysvc.errors import Conflict, Unavailable
+from keysvc.errors import Conflict, DatabaseUnavailable
 from keysvc.secret import Secret
 
 logger = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ async def translated(what: str) -> AsyncIterator[None]:
         raise Conflict(f"{what}: busy with a concurrent change; retry") from exc
     except CONNECTION_FAULTS as exc:
         logger.warning("database unavailable during %s: %s", what, type(exc).__name__)
-        raise Unavailable(
+        raise DatabaseUnavailable(
             "the database is unavailable; retry shortly", retry_after=2
         ) from exc
     except asyncio.CancelledError:

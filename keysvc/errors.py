@@ -160,6 +160,29 @@ class Unavailable(KeysvcError):
         self.retry_after = retry_after
 
 
+class UpstreamFailed(Unavailable):
+    """A client's ``jwks_uri`` could not be fetched, or its answer was refused.
+
+    ``outcome`` is the short label of the failure (``timeout``, ``refused``,
+    ``invalid``, ...) that the fetch metrics count.
+    """
+
+    code = "upstream_failed"
+    title = "Client-hosted JWKS unavailable"
+
+    def __init__(
+        self, detail: str, *, outcome: str, retry_after: int | None = None
+    ) -> None:
+        super().__init__(detail, retry_after=retry_after)
+        self.outcome = outcome
+
+
+class DatabaseUnavailable(Unavailable):
+    """PostgreSQL cannot answer now: down, restarting, or out of connections."""
+
+    code = "database_unavailable"
+
+
 class UnsealError(KeysvcError):
     """A sealed private part cannot be opened: wrong row, wrong or unknown KEK."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import json
 import random
@@ -65,7 +66,7 @@ class JwksEntry:
 
     body: bytes
     etag: str
-    keys: dict[str, tuple[bytes, str]]
+    keys: KeysByKid
     cache_controls: tuple[str, ...]
     expires_at: float = field(compare=False)
 
@@ -74,23 +75,55 @@ class JwksEntry:
         return random.choice(self.cache_controls)
 
 
-def build_entry(
-    public_keys: list[dict[str, Any]], policy: CachePolicy, *, ttl: float
-) -> JwksEntry:
-    """Serialise once: the document, each key alone, the ETag, the headers."""
-    body = json.dumps({"keys": public_keys}, separators=(",", ":")).encode()
-    by_kid = {}
-    for key in public_keys:
-        if "kid" in key:
-            key_body = json.dumps(key, separators=(",", ":")).encode()
-            by_kid[str(key["kid"])] = (key_body, strong_etag(key_body))
+class KeysByKid:
+    """Each key of a document alone, as bytes and ETag, made on first use.
+
+    Most clients are only ever asked for their whole set, so an entry holds
+    no more than its document until a single key is asked for: with 100,000
+    clients cached, the per-key copies would double the memory.
+    """
+
+    __slots__ = ("_body", "_by_kid")
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self._by_kid: dict[str, tuple[bytes, str]] | None = None
+
+    def get(self, kid: str) -> tuple[bytes, str] | None:
+        if self._by_kid is None:
+            self._by_kid = {}
+            for key in json.loads(self._body)["keys"]:
+                if "kid" in key:
+                    key_body = json.dumps(key, separators=(",", ":")).encode()
+                    self._by_kid[str(key["kid"])] = (key_body, strong_etag(key_body))
+
+        return self._by_kid.get(kid)
+
+
+@functools.lru_cache(maxsize=1024)
+def _jittered(policy: CachePolicy) -> tuple[str, ...]:
+    # One tuple for every client of a policy, not eight strings an entry.
     spread = max(1, policy.max_age // 10)
-    variants = tuple(
+
+    return tuple(
         policy.header(max(0, policy.max_age - i * spread // _JITTER_VARIANTS))
         for i in range(_JITTER_VARIANTS)
     )
 
-    return JwksEntry(body, strong_etag(body), by_kid, variants, time.monotonic() + ttl)
+
+def build_entry(
+    public_keys: list[dict[str, Any]], policy: CachePolicy, *, ttl: float
+) -> JwksEntry:
+    """Serialise once: the document, its ETag, its headers."""
+    body = json.dumps({"keys": public_keys}, separators=(",", ":")).encode()
+
+    return JwksEntry(
+        body,
+        strong_etag(body),
+        KeysByKid(body),
+        _jittered(policy),
+        time.monotonic() + ttl,
+    )
 
 
 def strong_etag(body: bytes) -> str:
@@ -120,12 +153,24 @@ class JwksCache:
         return len(self._entries)
 
     def get(self, client_id: str) -> JwksEntry | None:
+        """A live entry; an expired one stays behind for :meth:`stale`."""
         entry = self._entries.get(client_id)
         if entry is not None and entry.expires_at < time.monotonic():
-            del self._entries[client_id]
             return None
 
         return entry
+
+    def stale(self, client_id: str, *, max_stale: float) -> JwksEntry | None:
+        """An expired entry, for when the database cannot build a fresh one.
+
+        Only entries that merely aged out are kept: a change to the client's
+        keys removes its entry, so a revoked key is never served stale.
+        """
+        entry = self._entries.get(client_id)
+        if entry is not None and time.monotonic() - entry.expires_at <= max_stale:
+            return entry
+
+        return None
 
     async def load(
         self, client_id: str, loader: Callable[[], Awaitable[JwksEntry | None]]

@@ -6,6 +6,8 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import select
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -14,6 +16,25 @@ from keysvc.keys import GeneratedKey, KeySpec, generate_key
 from keysvc.metrics import Metrics
 
 logger = logging.getLogger(__name__)
+
+
+def _die_with_parent(keysvc_pid: int) -> None:
+    """Worker initializer: end when the keysvc process that owns us ends.
+
+    A worker outliving a SIGKILLed keysvc would hold its stderr and memory
+    forever, and keep the fork server alive with it (workers hold the fork
+    server's liveness pipe). A daemon thread waits on a pidfd of keysvc.
+    """
+    try:
+        pidfd = os.pidfd_open(keysvc_pid)
+    except (AttributeError, OSError):
+        return  # not Linux, or keysvc is already gone; the pool notices
+
+    def watch() -> None:
+        select.select([pidfd], [], [])
+        os._exit(0)
+
+    threading.Thread(target=watch, name="keysvc-watch", daemon=True).start()
 
 
 def _timed_generate(spec: KeySpec) -> tuple[GeneratedKey, float]:
@@ -32,7 +53,12 @@ class KeyGenerator:
         # forkserver: workers start from a clean interpreter, not a copy of a
         # process that holds sockets, threads and secrets.
         context = multiprocessing.get_context("forkserver")
-        self._executor = ProcessPoolExecutor(self.workers, mp_context=context)
+        self._executor = ProcessPoolExecutor(
+            self.workers,
+            mp_context=context,
+            initializer=_die_with_parent,
+            initargs=(os.getpid(),),
+        )
         self._metrics = metrics
 
     async def generate(self, spec: KeySpec) -> GeneratedKey:

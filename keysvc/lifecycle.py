@@ -11,11 +11,13 @@ replica drops its cached JWKS for that client.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
-from keysvc import keys
+from keysvc import client_secrets, keys
+from keysvc.client_secrets import IssuedSecret
 from keysvc.errors import Conflict, InvalidPolicy, NotFound, TooYoung, UnsealError
 from keysvc.keygen import KeyGenerator
 from keysvc.metrics import Metrics
@@ -51,6 +53,8 @@ class CreatedClient:
     client: Client
     keys: list[KeyRecord]
     client_token: str
+    # client_secret_jwt clients only: their first secret, shown this once.
+    client_secret: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +84,10 @@ class Lifecycle:
         self.metrics = metrics
         # Called with a client id after each committed change, for local caches.
         self.on_change: list[Callable[[str], None]] = []
+        # Set by the app: checks a remote client's jwks_uri (called with the
+        # client id, the URI and the alg) before it is stored, raising
+        # InvalidJwksUri. No network I/O happens inside a transaction.
+        self.check_jwks_uri: Callable[[str, str, str], Awaitable[None]] | None = None
 
     # -- policy ---------------------------------------------------------------
 
@@ -110,14 +118,26 @@ class Lifecycle:
     async def create_client(
         self, request: ClientRequest, *, actor: str
     ) -> CreatedClient:
+        secret_client = request.auth_method is AuthMethod.CLIENT_SECRET_JWT
+        if secret_client and (
+            request.key_source is not KeySource.GENERATED
+            or request.alg is not None
+            or request.key_size is not None
+        ):
+            raise InvalidPolicy(
+                "a client_secret_jwt client signs with an HS256 secret that keysvc "
+                "makes: it takes no alg, key_size or key_source"
+            )
         policy = self.policy_for(request)
-        if request.auth_method is AuthMethod.CLIENT_SECRET_JWT:
-            raise InvalidPolicy("client_secret_jwt clients are not supported yet")
+        if secret_client:
+            policy = replace(policy, alg=client_secrets.HMAC_ALG, key_size=None)
         if (request.key_source is KeySource.REMOTE) != (request.jwks_uri is not None):
             raise InvalidPolicy("jwks_uri is given exactly when key_source is remote")
+        if request.jwks_uri is not None and self.check_jwks_uri is not None:
+            await self.check_jwks_uri(request.client_id, request.jwks_uri, policy.alg)
 
         new_keys: list[NewKey] = []
-        if request.key_source is KeySource.GENERATED:
+        if request.key_source is KeySource.GENERATED and not secret_client:
             spec = keys.KeySpec(policy.alg, policy.key_size)
             active, following = await self.generator.generate_many([spec, spec])
             new_keys = [
@@ -136,6 +156,15 @@ class Lifecycle:
                 token_hash=token_hash(token),
             )
             await tx.insert_keys(client.client_id, new_keys)
+            issued = None
+            if secret_client:
+                issued = await client_secrets.issue(tx, self.sealer, client.client_id)
+                await tx.record(
+                    client.client_id,
+                    "secret.generated",
+                    actor=actor,
+                    secret_id=issued.secret_id,
+                )
             await tx.record(
                 client.client_id,
                 "client.created",
@@ -163,12 +192,22 @@ class Lifecycle:
         )
         self._changed(client.client_id)
 
-        return CreatedClient(client, records, token)
+        return CreatedClient(
+            client, records, token, issued.secret if issued is not None else None
+        )
 
     async def update_policy(
         self, client_id: str, changes: dict[str, Any], *, actor: str
     ) -> Client:
         """Change a client's policy; new values apply to keys made from now on."""
+        changes = dict(changes)
+        jwks_uri = changes.pop("jwks_uri", None)
+        if jwks_uri is not None:
+            remote = await self._client(client_id)
+            if remote.key_source is not KeySource.REMOTE:
+                raise InvalidPolicy("only a remote client has a jwks_uri")
+            if self.check_jwks_uri is not None:
+                await self.check_jwks_uri(client_id, jwks_uri, remote.policy.alg)
         async with self.store.transaction("update client") as tx:
             client = await _locked(tx, client_id)
             current = client.policy
@@ -176,6 +215,8 @@ class Lifecycle:
             if "alg" in changes or "key_size" in changes:
                 if client.key_source is KeySource.REMOTE:
                     raise InvalidPolicy("a remote client's keys come from its jwks_uri")
+                if client.auth_method is AuthMethod.CLIENT_SECRET_JWT:
+                    raise InvalidPolicy("a client_secret_jwt client signs with HS256")
                 spec = keys.key_spec(
                     merged.alg,
                     changes.get(
@@ -193,6 +234,9 @@ class Lifecycle:
                 "prepublish_period_seconds": merged.prepublish_period_seconds,
                 "grace_period_seconds": merged.grace_period_seconds,
             }
+            if jwks_uri is not None:
+                columns["jwks_uri"] = jwks_uri
+                changes["jwks_uri"] = jwks_uri
             updated = await tx.update_client(client_id, columns)
             await tx.record(
                 client_id, "client.updated", actor=actor, changes=sorted(changes)
@@ -227,46 +271,61 @@ class Lifecycle:
         client = await self._client(client_id)
         if client.key_source is KeySource.REMOTE:
             raise Conflict("a remote client's keys rotate at its jwks_uri")
+        if client.auth_method is AuthMethod.CLIENT_SECRET_JWT:
+            raise Conflict(
+                "a client_secret_jwt client has no keys; rotate its secret at "
+                f"/clients/{client_id}/secret/rotate"
+            )
         # Check early, so a refused rotation costs no key generation.
         async with self.store.transaction("check rotation") as tx:
             await self._check_next_age(tx, client, force=force)
 
         fresh = await self._fresh_next(client)
+        label = "forced" if force else trigger
         async with self.store.transaction("rotate") as tx:
             client = await _locked(tx, client_id)
             following = await self._check_next_age(tx, client, force=force)
             live = await tx.live_keys(client_id)
-            for current in live.get(KeyState.ACTIVE, []):
-                await tx.retire(client_id, current.kid)
-                await tx.record(client_id, "key.retired", actor=actor, kid=current.kid)
-            await tx.activate(client_id, following.kid)
-            await tx.record(
-                client_id,
-                "key.activated",
-                actor=actor,
-                kid=following.kid,
-                trigger="forced" if force else trigger,
-            )
-            if fresh is not None:
-                await tx.insert_keys(client_id, [fresh])
-                await tx.record(
-                    client_id, "key.generated", actor=actor, kid=fresh.kid, state="next"
-                )
-            await _notify(tx, client_id)
+            await self._promote(tx, live, following, fresh, actor=actor, trigger=label)
             after = await tx.live_keys(client_id)
 
-        label = "forced" if force else trigger
-        self.metrics.rotations.labels(label).inc()
-        logger.info(
-            "client %s rotated (%s): %s is active",
-            client_id,
-            label,
-            following.kid,
-            extra={"client_id": client_id, "kid": following.kid},
-        )
-        self._changed(client_id)
+        self._rotated(client_id, following.kid, label)
 
         return {state: records[-1] for state, records in after.items()}
+
+    async def rotate_if_due(
+        self,
+        client_id: str,
+        spec: keys.KeySpec,
+        generated: keys.GeneratedKey,
+        *,
+        actor: str,
+    ) -> bool:
+        """The scheduled rotation, with its fresh ``next`` key generated ahead.
+
+        Re-checks under the client's lock what the scheduler's claim saw: the
+        active key has outlived the rotation period, the ``next`` key has been
+        published for the prepublish period, and the policy still asks for
+        ``spec``. Releases the claim either way; returns whether it rotated.
+        """
+        fresh = self._sealed(client_id, generated, KeyState.NEXT)
+        async with self.store.transaction("scheduled rotation") as tx:
+            client = await tx.lock_client(client_id)
+            if client is None:
+                return False
+            await tx.release_rotation_claims([client_id])
+            live = await tx.live_keys(client_id)
+            following = _due_next(client, live, await tx.now())
+            current = keys.KeySpec(client.policy.alg, client.policy.key_size)
+            if following is None or current != spec:
+                return False
+            await self._promote(
+                tx, live, following, fresh, actor=actor, trigger="scheduled"
+            )
+
+        self._rotated(client_id, following.kid, "scheduled")
+
+        return True
 
     async def import_key(
         self, client_id: str, jwk: object, *, activate: bool, actor: str
@@ -389,6 +448,44 @@ class Lifecycle:
 
         return ended
 
+    async def rotate_secret(self, client_id: str, *, actor: str) -> IssuedSecret:
+        """Give a ``client_secret_jwt`` client a new secret, shown this once.
+
+        The old secret stays valid through the grace period; one still in
+        grace from an earlier rotation is destroyed.
+        """
+        async with self.store.transaction("rotate secret") as tx:
+            client = await _locked(tx, client_id)
+            if client.auth_method is not AuthMethod.CLIENT_SECRET_JWT:
+                raise Conflict(
+                    f"client {client_id} authenticates with private_key_jwt and "
+                    "has no secret; rotate its keys instead"
+                )
+            issued = await client_secrets.rotate(
+                tx,
+                self.sealer,
+                client_id,
+                grace_period_seconds=client.policy.grace_period_seconds,
+            )
+            await tx.record(
+                client_id,
+                "secret.rotated",
+                actor=actor,
+                secret_id=issued.secret_id,
+                previous_valid_until=issued.previous_valid_until,
+            )
+            await _notify(tx, client_id)
+
+        logger.info(
+            "client %s rotated its secret: %s is current",
+            client_id,
+            issued.secret_id,
+            extra={"client_id": client_id},
+        )
+        self._changed(client_id)
+
+        return issued
+
     async def rewrap_all(
         self, *, actor: str, batch: int = 200
     ) -> tuple[int, list[str]]:
@@ -422,7 +519,10 @@ class Lifecycle:
                         )
                         moved += 1
 
-        return moved, failed
+        secrets_moved, secrets_failed = await client_secrets.rewrap_all(
+            self.store, self.sealer, actor=actor, batch=batch
+        )
+        return moved + secrets_moved, failed + secrets_failed
 
     # -- internals ------------------------------------------------------------
 
@@ -464,6 +564,43 @@ class Lifecycle:
 
         return following
 
+    async def _promote(
+        self,
+        tx: Tx,
+        live: dict[KeyState, list[KeyRecord]],
+        following: KeyRecord,
+        fresh: NewKey | None,
+        *,
+        actor: str,
+        trigger: str,
+    ) -> None:
+        """One rotation's writes: retire the active key, activate ``following``."""
+        client_id = following.client_id
+        for current in live.get(KeyState.ACTIVE, []):
+            await tx.retire(client_id, current.kid)
+            await tx.record(client_id, "key.retired", actor=actor, kid=current.kid)
+        await tx.activate(client_id, following.kid)
+        await tx.record(
+            client_id, "key.activated", actor=actor, kid=following.kid, trigger=trigger
+        )
+        if fresh is not None:
+            await tx.insert_keys(client_id, [fresh])
+            await tx.record(
+                client_id, "key.generated", actor=actor, kid=fresh.kid, state="next"
+            )
+        await _notify(tx, client_id)
+
+    def _rotated(self, client_id: str, kid: str, trigger: str) -> None:
+        self.metrics.rotations.labels(trigger).inc()
+        logger.info(
+            "client %s rotated (%s): %s is active",
+            client_id,
+            trigger,
+            kid,
+            extra={"client_id": client_id, "kid": kid},
+        )
+        self._changed(client_id)
+
     async def _fresh_next(self, client: Client) -> NewKey | None:
         if client.key_source is not KeySource.GENERATED:
             return None
@@ -494,6 +631,27 @@ class Lifecycle:
 
 def _given(value: int | None, default: int) -> int:
     return default if value is None else value
+
+
+def _due_next(
+    client: Client, live: dict[KeyState, list[KeyRecord]], now: datetime
+) -> KeyRecord | None:
+    """The ``next`` key a scheduled rotation promotes now, or None if not due."""
+    actives, nexts = live.get(KeyState.ACTIVE), live.get(KeyState.NEXT)
+    if not actives or not nexts:
+        return None
+
+    active, following = actives[-1], nexts[0]
+    active_since = active.activated_at or active.published_at
+    active_for = (now - active_since).total_seconds()
+    published_for = (now - following.published_at).total_seconds()
+    policy = client.policy
+    if active_for < policy.rotation_period_seconds:
+        return None
+    if published_for < policy.prepublish_period_seconds:
+        return None
+
+    return following
 
 
 def _check_periods(policy: Policy) -> None:

@@ -50,6 +50,12 @@ class Metrics:
             "JWKS documents built from the database.",
             registry=r,
         )
+        self.jwks_stale_served = Counter(
+            "keysvc_jwks_stale_served",
+            "JWKS documents served past their cache lifetime because the "
+            "database could not answer.",
+            registry=r,
+        )
         self.rotations = Counter(
             "keysvc_rotations",
             "Key rotations, by trigger (scheduled, manual, forced).",

@@ -9,6 +9,7 @@ know refuses to start, as does an applied file whose text has changed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
@@ -65,7 +66,9 @@ def _sql_dir() -> Traversable:
     return resources.files("keysvc.sql")
 
 
+@functools.cache
 def code_version() -> int:
+    """The version this code migrates to; the shipped files do not change."""
     return len(available())
 
 

@@ -11,6 +11,7 @@ from typing import TypeVar
 
 from keysvc.errors import ConfigError
 from keysvc.periods import parse_period
+from keysvc.ratelimit import Rate, parse_rate
 from keysvc.sealing import Kek, parse_keks
 from keysvc.secret import Secret
 
@@ -20,6 +21,10 @@ _ALGS = (
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512",
     "ES256", "ES384", "ES512", "EdDSA", "Ed25519",
 )  # fmt: skip
+
+# Per client and replica: enough for any honest client, too few for a loop.
+_ROTATION_RATE = Rate(10, 60.0)
+_ASSERTION_RATE = Rate(50, 1.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +41,13 @@ class Settings:
     scheduler_interval_seconds: float = 30.0
     remote_allow: tuple[str, ...] = ()
     remote_allow_http: bool = False
+    remote_timeout_seconds: float = 5.0
+    remote_connect_timeout_seconds: float = 2.0
+    remote_max_bytes: int = 256 * 1024
+    remote_min_ttl_seconds: int = 60
+    remote_max_ttl_seconds: int = 86400
+    remote_max_stale_seconds: int = 86400
+    remote_refetch_interval_seconds: float = 10.0
     metrics_port: int | None = None
     log_format: str = "json"
     log_level: str = "INFO"
@@ -47,13 +59,21 @@ class Settings:
     jwks_max_age_seconds: int = 600
     jwks_cache_ttl_seconds: float = 300.0
     jwks_cache_max_entries: int = 250_000
+    jwks_stale_if_error_seconds: float = 3600.0
+    rotation_rate: Rate = _ROTATION_RATE
+    assertion_rate: Rate = _ASSERTION_RATE
     max_body_bytes: int = 64 * 1024
     max_assertion_lifetime_seconds: int = 600
     db_pool_min: int = 2
     db_pool_max: int = 10
     db_timeout_seconds: float = 5.0
     shutdown_timeout_seconds: float = 10.0
+    shutdown_delay_seconds: float = 0.0
     keygen_workers: int = 0
+    rotation_batch: int = 100
+    rotation_concurrency: int = 4
+    rotation_lease_seconds: int = 120
+    expired_key_retention_seconds: int = 90 * 86400
 
     @property
     def embedded(self) -> bool:
@@ -78,6 +98,31 @@ class Settings:
             ),
             remote_allow=reader.get("REMOTE_ALLOW", _allow_list, ()),
             remote_allow_http=reader.get("REMOTE_ALLOW_HTTP", _flag, False),
+            remote_timeout_seconds=reader.get(
+                "REMOTE_TIMEOUT", _positive_float, d.remote_timeout_seconds
+            ),
+            remote_connect_timeout_seconds=reader.get(
+                "REMOTE_CONNECT_TIMEOUT",
+                _positive_float,
+                d.remote_connect_timeout_seconds,
+            ),
+            remote_max_bytes=reader.get(
+                "REMOTE_MAX_BYTES", _positive_int, d.remote_max_bytes
+            ),
+            remote_min_ttl_seconds=reader.get(
+                "REMOTE_MIN_TTL", _period, d.remote_min_ttl_seconds
+            ),
+            remote_max_ttl_seconds=reader.get(
+                "REMOTE_MAX_TTL", _period, d.remote_max_ttl_seconds
+            ),
+            remote_max_stale_seconds=reader.get(
+                "REMOTE_MAX_STALE", _period, d.remote_max_stale_seconds
+            ),
+            remote_refetch_interval_seconds=reader.get(
+                "REMOTE_REFETCH_INTERVAL",
+                _positive_float,
+                d.remote_refetch_interval_seconds,
+            ),
             metrics_port=reader.get("METRICS_PORT", _port, None),
             log_format=reader.get("LOG_FORMAT", _choice("json", "text"), "json"),
             log_level=reader.get("LOG_LEVEL", _level, d.log_level),
@@ -100,6 +145,13 @@ class Settings:
             jwks_cache_ttl_seconds=reader.get(
                 "JWKS_CACHE_TTL", _positive_float, d.jwks_cache_ttl_seconds
             ),
+            rotation_rate=reader.get("ROTATION_RATE", parse_rate, d.rotation_rate),
+            assertion_rate=reader.get("ASSERTION_RATE", parse_rate, d.assertion_rate),
+            jwks_stale_if_error_seconds=reader.get(
+                "JWKS_STALE_IF_ERROR",
+                _non_negative_float,
+                d.jwks_stale_if_error_seconds,
+            ),
             jwks_cache_max_entries=reader.get(
                 "JWKS_CACHE_MAX_ENTRIES", _positive_int, d.jwks_cache_max_entries
             ),
@@ -116,6 +168,21 @@ class Settings:
                 "SHUTDOWN_TIMEOUT", _positive_float, d.shutdown_timeout_seconds
             ),
             keygen_workers=reader.get("KEYGEN_WORKERS", _positive_int, 0),
+            shutdown_delay_seconds=reader.get(
+                "SHUTDOWN_DELAY", _non_negative_float, d.shutdown_delay_seconds
+            ),
+            rotation_batch=reader.get(
+                "ROTATION_BATCH", _positive_int, d.rotation_batch
+            ),
+            rotation_concurrency=reader.get(
+                "ROTATION_CONCURRENCY", _positive_int, d.rotation_concurrency
+            ),
+            rotation_lease_seconds=reader.get(
+                "ROTATION_LEASE", _period, d.rotation_lease_seconds
+            ),
+            expired_key_retention_seconds=reader.get(
+                "EXPIRED_KEY_RETENTION", _period, d.expired_key_retention_seconds
+            ),
         )
         settings.check()
 
@@ -137,8 +204,19 @@ class Settings:
                     f"{' and '.join(missing)} must be set when KEYSVC_DATABASE_URL "
                     "is: production never runs on generated secrets"
                 )
+        for variable, value in (
+            ("KEYSVC_ROTATION_BATCH", self.rotation_batch),
+            ("KEYSVC_ROTATION_CONCURRENCY", self.rotation_concurrency),
+            ("KEYSVC_ROTATION_LEASE", self.rotation_lease_seconds),
+        ):
+            if value < 1:
+                raise ConfigError(f"{variable} must be at least 1")
         if self.db_pool_min > self.db_pool_max:
             raise ConfigError("KEYSVC_DB_POOL_MIN exceeds KEYSVC_DB_POOL_MAX")
+        if self.remote_min_ttl_seconds > self.remote_max_ttl_seconds:
+            raise ConfigError("KEYSVC_REMOTE_MIN_TTL exceeds KEYSVC_REMOTE_MAX_TTL")
+        if self.remote_max_bytes < 1024:
+            raise ConfigError("KEYSVC_REMOTE_MAX_BYTES must be at least 1024")
 
 
 class _Reader:
@@ -176,6 +254,14 @@ def _positive_float(raw: str) -> float:
     value = float(raw)
     if not value > 0:
         raise ValueError("must be a positive number")
+
+    return value
+
+
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not value >= 0:
+        raise ValueError("must be zero or a positive number")
 
     return value
 

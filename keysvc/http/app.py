@@ -15,37 +15,55 @@ from dataclasses import replace
 import asyncpg
 from aiohttp import web
 
-from keysvc import migrations
+from keysvc import migrations, verifiers
 from keysvc.db import CONNECTION_FAULTS, create_pool
 from keysvc.embedded import EmbeddedPostgres, dev_secrets, ensure_role
 from keysvc.errors import ConfigError
-from keysvc.http import clients, jwks, system
+from keysvc.http import assertions, clients, jwks, system
 from keysvc.http.appkeys import (
     ADMIN_TOKEN_HASH,
+    CLIENT_CACHES,
     GENERATOR,
     JWKS_CACHE,
     LIFECYCLE,
+    LIMITS,
     METRICS,
+    REMOTE_JWKS,
+    REMOTE_RESOLVER,
+    SCHEDULER,
     SETTINGS,
     STATUS,
     STORE,
+    TOKENS,
+    VERIFIER,
+    VERIFIERS,
+    ClientCaches,
+    Limits,
     Status,
 )
 from keysvc.http.middleware import observe
+from keysvc.jobs import register_jobs
 from keysvc.jwks_cache import JwksCache
 from keysvc.keygen import KeyGenerator
 from keysvc.lifecycle import NOTIFY_CHANNEL, Defaults, Lifecycle
 from keysvc.metrics import Metrics
+from keysvc.ratelimit import RateLimiter
+from keysvc.remote import RemoteJwks
+from keysvc.remote_fetch import Fetcher
+from keysvc.remote_guard import AddressGuard
+from keysvc.scheduler import Scheduler
 from keysvc.sealing import Sealer
 from keysvc.secret import Secret
 from keysvc.settings import Settings
 from keysvc.store import Store
-from keysvc.tokens import token_hash
+from keysvc.tokens import TokenCache, token_hash
 
 logger = logging.getLogger(__name__)
 
 LISTENER_CHECK_SECONDS = 5.0
 LISTENER_RETRY_SECONDS = 1.0
+# How the listener's backend shows in pg_stat_activity (the pool's is keysvc).
+LISTENER_APPLICATION_NAME = "keysvc-listener"
 
 
 def with_dev_secrets(settings: Settings) -> Settings:
@@ -90,9 +108,19 @@ def create_app(
     app[METRICS] = metrics or Metrics()
     app[STATUS] = Status()
     app[ADMIN_TOKEN_HASH] = token_hash(settings.admin_token.reveal())
+    app[LIMITS] = Limits(
+        rotations=RateLimiter(settings.rotation_rate, what="rotations"),
+        assertions=RateLimiter(settings.assertion_rate, what="assertions"),
+    )
     app[JWKS_CACHE] = JwksCache(
         ttl=settings.jwks_cache_ttl_seconds, max_entries=settings.jwks_cache_max_entries
     )
+    # Every per-client cache joins this, so that a change drops them all.
+    app[TOKENS] = TokenCache()
+    app[CLIENT_CACHES] = ClientCaches([app[JWKS_CACHE], app[TOKENS]])
+    # Created here, started by its cleanup context: other parts of the app
+    # may add their jobs before or after it starts.
+    app[SCHEDULER] = Scheduler(app[METRICS])
 
     app.cleanup_ctx.append(_database)
     if generator is None:
@@ -100,11 +128,15 @@ def create_app(
     else:
         app[GENERATOR] = generator
     app.cleanup_ctx.append(_lifecycle)
+    app.cleanup_ctx.append(assertions.services)
+    app.cleanup_ctx.append(_remote_jwks)
     app.cleanup_ctx.append(_listener)
+    app.cleanup_ctx.append(_scheduler)
     app.on_shutdown.append(_drain)
 
     jwks.add_routes(app)
     clients.add_routes(app)
+    assertions.add_routes(app)
     system.add_routes(app)
 
     return app
@@ -166,14 +198,50 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         ),
         app[METRICS],
     )
-    lifecycle.on_change.append(app[JWKS_CACHE].invalidate)
+    lifecycle.on_change.append(app[CLIENT_CACHES].invalidate)
     app[LIFECYCLE] = lifecycle
     yield
 
 
-async def _listener(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(_listen_forever(app), name="keysvc-listener")
+async def _remote_jwks(app: web.Application) -> AsyncIterator[None]:
+    """The one client session that fetches jwks_uri documents, and its cache."""
+    settings = app[SETTINGS]
+    fetcher = Fetcher(
+        AddressGuard(settings.remote_allow, allow_http=settings.remote_allow_http),
+        timeout_seconds=settings.remote_timeout_seconds,
+        connect_timeout_seconds=settings.remote_connect_timeout_seconds,
+        max_bytes=settings.remote_max_bytes,
+        resolver=app.get(REMOTE_RESOLVER),
+    )
+    await fetcher.open()
+    remote = RemoteJwks(app[STORE], fetcher, app[JWKS_CACHE], app[METRICS], settings)
+    app[REMOTE_JWKS] = remote
+    app[LIFECYCLE].check_jwks_uri = remote.check_uri
+    if VERIFIER in app:
+        app[VERIFIER].remote = remote
+    app[SCHEDULER].add_job(
+        "remote_jwks",
+        remote.refresh_due,
+        min(
+            settings.scheduler_interval_seconds,
+            settings.remote_refetch_interval_seconds,
+        ),
+    )
     try:
+        yield
+    finally:
+        await remote.close()
+        await fetcher.close()
+
+
+async def _listener(app: web.Application) -> AsyncIterator[None]:
+    listening = asyncio.Event()
+    task = asyncio.create_task(_listen_forever(app, listening), name="keysvc-listener")
+    try:
+        # Serve once LISTEN is in place, so that nothing is cached unwatched;
+        # a listener that cannot connect yet leaves the replica up, not ready.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(listening.wait(), app[SETTINGS].db_timeout_seconds)
         yield
     finally:
         task.cancel()
@@ -181,29 +249,59 @@ async def _listener(app: web.Application) -> AsyncIterator[None]:
             await task
 
 
-async def _listen_forever(app: web.Application) -> None:
-    """LISTEN for key changes; after any reconnect, drop every cached JWKS."""
-    settings, status, cache = app[SETTINGS], app[STATUS], app[JWKS_CACHE]
+async def _scheduler(app: web.Application) -> AsyncIterator[None]:
+    settings, scheduler = app[SETTINGS], app[SCHEDULER]
+    if not settings.scheduler:
+        logger.info("scheduler off (KEYSVC_SCHEDULER=0): this replica only serves")
+        yield
+        return
+
+    register_jobs(
+        scheduler,
+        lifecycle=app[LIFECYCLE],
+        generator=app[GENERATOR],
+        metrics=app[METRICS],
+        settings=settings,
+    )
+    scheduler.start()
+    try:
+        yield
+    finally:
+        await scheduler.shutdown(settings.shutdown_timeout_seconds)
+
+
+async def _listen_forever(app: web.Application, listening: asyncio.Event) -> None:
+    """LISTEN for key changes; after any reconnect, drop every per-client cache."""
+    settings, status, cache = app[SETTINGS], app[STATUS], app[CLIENT_CACHES]
     connected_before = False
 
     def on_notify(_conn: object, _pid: int, _channel: str, client_id: str) -> None:
         cache.invalidate(client_id)
 
+    def on_verifier(_conn: object, _pid: int, _channel: str, verifier_id: str) -> None:
+        app[VERIFIERS].invalidate(verifier_id)
+
     while True:
         conn = None
         try:
             conn = await asyncpg.connect(
-                app[_DSN].reveal(), timeout=settings.db_timeout_seconds
+                app[_DSN].reveal(),
+                timeout=settings.db_timeout_seconds,
+                server_settings={"application_name": LISTENER_APPLICATION_NAME},
             )
             lost = asyncio.Event()
             conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
             await conn.add_listener(NOTIFY_CHANNEL, on_notify)
+            await conn.add_listener(verifiers.NOTIFY_CHANNEL, on_verifier)
+            # Whatever was cached before LISTEN took effect may have missed a
+            # notification, at start as after a reconnect: drop it all.
+            cache.clear()
+            app[VERIFIERS].clear()
             if connected_before:
-                # Notifications sent while we were away are lost for good.
-                cache.clear()
-                logger.warning("listener reconnected: dropped every cached JWKS")
+                logger.warning("listener reconnected: dropped every cached key set")
             connected_before = True
             status.listening = True
+            listening.set()
             while not conn.is_closed():
                 # Woken at once when the server ends the connection; the
                 # ping finds a connection that died without a word.

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from keysvc.errors import Forbidden, Unauthorized
-from keysvc.http.appkeys import ADMIN_TOKEN_HASH, STORE
+from keysvc.http.appkeys import ADMIN_TOKEN_HASH, STORE, TOKENS
 from keysvc.tokens import token_hash
 
 
@@ -44,9 +44,13 @@ async def authenticate(request: web.Request) -> Caller:
     digest = token_hash(bearer(request))
     if hmac.compare_digest(digest, request.app[ADMIN_TOKEN_HASH]):
         return ADMIN
-    client_id = await request.app[STORE].client_for_token(digest)
+    tokens = request.app[TOKENS]
+    client_id = tokens.get(digest)
     if client_id is None:
-        raise Unauthorized("the bearer token is not valid")
+        client_id = await request.app[STORE].client_for_token(digest)
+        if client_id is None:
+            raise Unauthorized("the bearer token is not valid")
+        tokens.put(digest, client_id)
 
     return Caller(client_id)
 

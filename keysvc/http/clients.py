@@ -12,7 +12,7 @@ from aiohttp import web
 
 from keysvc.errors import InvalidRequest, NotFound
 from keysvc.http import render
-from keysvc.http.appkeys import LIFECYCLE, STORE
+from keysvc.http.appkeys import LIFECYCLE, LIMITS, STORE
 from keysvc.http.auth import require_admin, require_client
 from keysvc.http.schemas import (
     CREATE_CLIENT,
@@ -124,6 +124,8 @@ async def create_client(request: web.Request) -> web.Response:
     }
     for key in created.keys:
         answer[key.state.value] = render.key(key)
+    if created.client_secret is not None:
+        answer["client_secret"] = created.client_secret
     location = f"/clients/{created.client.client_id}"
 
     return _json(answer, 201, Location=location)
@@ -163,7 +165,7 @@ async def patch_client(request: web.Request) -> web.Response:
     body = await read_json(request, _patch)
 
     changes: dict[str, Any] = _periods(body)
-    for name in ("alg", "key_size"):
+    for name in ("alg", "key_size", "jwks_uri"):
         if name in body:
             changes[name] = body[name]
     client = await request.app[LIFECYCLE].update_policy(
@@ -224,6 +226,7 @@ async def rotate(request: web.Request) -> web.Response:
     client_id = _client_id(request)
     caller = await require_client(request, client_id)
     body = await read_json(request, _rotate)
+    request.app[LIMITS].rotations.check(client_id)
 
     after = await request.app[LIFECYCLE].rotate(
         client_id, force=bool(body.get("force", False)), actor=caller.actor

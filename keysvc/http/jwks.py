@@ -6,13 +6,17 @@ one header comparison, and a response built from ready bytes.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from aiohttp import web
+from multidict import CIMultiDict
 
-from keysvc.errors import NotAcceptable, NotFound
-from keysvc.http.appkeys import JWKS_CACHE, METRICS, SETTINGS, STORE
+from keysvc.errors import DatabaseUnavailable, NotAcceptable, NotFound
+from keysvc.http.appkeys import JWKS_CACHE, METRICS, REMOTE_JWKS, SETTINGS, STORE
 from keysvc.jwks_cache import JwksEntry, build_entry, cache_policy
+from keysvc.models import KeySource
+from keysvc.remote import RemoteEntry
 
 JWK_SET_TYPE = "application/jwk-set+json"
 JWK_TYPE = "application/jwk+json"
@@ -28,6 +32,8 @@ async def _entry(request: web.Request, client_id: str) -> JwksEntry:
     entry = cache.get(client_id)
     if entry is not None:
         request.app[METRICS].jwks_cache_hits.inc()
+        if isinstance(entry, RemoteEntry) and entry.stale:
+            request.app[METRICS].remote_stale_served.inc()
         return entry
 
     request.app[METRICS].jwks_cache_misses.inc()
@@ -38,6 +44,8 @@ async def _entry(request: web.Request, client_id: str) -> JwksEntry:
         published = await request.app[STORE].published_set(client_id)
         if published is None:
             return None
+        if published.key_source is KeySource.REMOTE:
+            return await request.app[REMOTE_JWKS].build(client_id)
         settings = request.app[SETTINGS]
         policy = cache_policy(
             prepublish_period_seconds=published.prepublish_period_seconds,
@@ -46,7 +54,17 @@ async def _entry(request: web.Request, client_id: str) -> JwksEntry:
         )
         return build_entry(published.keys, policy, ttl=settings.jwks_cache_ttl_seconds)
 
-    loaded = await cache.load(client_id, build)
+    try:
+        loaded = await cache.load(client_id, build)
+    except DatabaseUnavailable:
+        # stale-if-error: a document that merely aged out beats a 503.
+        stale = cache.stale(
+            client_id, max_stale=request.app[SETTINGS].jwks_stale_if_error_seconds
+        )
+        if stale is None:
+            raise
+        request.app[METRICS].jwks_stale_served.inc()
+        return stale
     if loaded is None:
         raise NotFound(f"no client {client_id}")
 
@@ -65,15 +83,18 @@ def _media_type(request: web.Request, preferred: str) -> str:
     raise NotAcceptable(f"this resource is {preferred} or application/json")
 
 
+@functools.lru_cache(maxsize=1024)
+def _shared_headers(cache_control: str) -> CIMultiDict[str]:
+    # Built once a Cache-Control value and copied a request: copying a
+    # CIMultiDict costs less than half of building one from a dict.
+    return CIMultiDict({"Cache-Control": cache_control, "Vary": "Accept", **_CORS})
+
+
 def _conditional(
     request: web.Request, body: bytes, etag: str, cache_control: str, media: str
 ) -> web.Response:
-    headers = {
-        "ETag": etag,
-        "Cache-Control": cache_control,
-        "Vary": "Accept",
-        **_CORS,
-    }
+    headers = _shared_headers(cache_control).copy()
+    headers["ETag"] = etag
     match = request.headers.get("If-None-Match")
     if match is not None and (match.strip() == "*" or etag in match):
         return web.Response(status=304, headers=headers)
@@ -97,6 +118,11 @@ async def get_jwk(request: web.Request) -> web.Response:
     kid = request.match_info["kid"]
     entry = await _entry(request, client_id)
     found = entry.keys.get(kid)
+    if found is None and isinstance(entry, RemoteEntry):
+        # A kid the client added since the last fetch: refetch, rate-limited.
+        if await request.app[REMOTE_JWKS].refetch_for_kid(client_id):
+            entry = await _entry(request, client_id)
+            found = entry.keys.get(kid)
     if found is None:
         raise NotFound(f"client {client_id} publishes no key {kid[:128]!r}")
 

@@ -23,7 +23,7 @@ _REASONS = {
     "415": "Body is not JSON",
     "422": "A well-formed value that cannot be accepted",
     "429": "Too many requests (Retry-After)",
-    "503": "The database is unavailable (Retry-After)",
+    "503": "The database, or a client's jwks_uri, is unavailable (Retry-After)",
 }
 
 _CLIENT_ID = {
@@ -37,6 +37,12 @@ _KID = {
     "in": "path",
     "required": True,
     "schema": {"type": "string", "pattern": s.KID_PATTERN},
+}
+_VERIFIER_ID = {
+    "name": "verifier_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": s.VERIFIER_ID_PATTERN},
 }
 _LIMIT = {
     "name": "limit",
@@ -96,6 +102,7 @@ _CREATED = {
         "active": _NULLABLE_KEY,
         "next": _NULLABLE_KEY,
         "client_token": {"type": "string"},
+        "client_secret": {"type": "string"},
     },
 }
 _KEYS_AFTER = {
@@ -250,7 +257,7 @@ def paths() -> dict[str, Any]:
             "post": _op(
                 "Promote the next key",
                 {"201": _json(_KEYS_AFTER, "The keys after the rotation")},
-                problems=("404", "409"),
+                problems=("404", "409", "429"),
                 auth=client,
                 body=s.ROTATE,
                 params=[_CLIENT_ID],
@@ -264,6 +271,74 @@ def paths() -> dict[str, Any]:
                 auth=client,
                 body={"type": "object", "additionalProperties": False},
                 params=[_CLIENT_ID, _KID],
+            )
+        },
+        "/clients/{client_id}/assertions": {
+            "post": _op(
+                "A client assertion signed by the active key (or the secret, HS256)",
+                {"200": _json(s.SIGNED_ASSERTION, "The assertion, shown this once")},
+                problems=("404", "409", "429"),
+                auth=client,
+                body=s.SIGN_ASSERTION,
+                params=[_CLIENT_ID],
+            )
+        },
+        "/clients/{client_id}/secret/rotate": {
+            "post": _op(
+                "A new secret for a client_secret_jwt client; the old one in grace",
+                {"201": _json(s.ROTATED_SECRET, "The new secret, shown this once")},
+                problems=("404", "409"),
+                auth=client,
+                body={"type": "object", "additionalProperties": False},
+                params=[_CLIENT_ID],
+            )
+        },
+        "/verifiers": {
+            "post": _op(
+                "Register a verifier (an authorization server) and its audiences",
+                {
+                    "201": _json(
+                        _obj(verifier=s.VERIFIER, verifier_token={"type": "string"}),
+                        "The verifier and its token, shown this once",
+                    )
+                },
+                problems=(),
+                auth=admin,
+                body=s.CREATE_VERIFIER,
+            ),
+            "get": _op(
+                "List verifiers",
+                {
+                    "200": _json(
+                        _obj(verifiers={"type": "array", "items": s.VERIFIER}),
+                        "Every verifier, oldest first",
+                    )
+                },
+                problems=(),
+                auth=admin,
+            ),
+        },
+        "/verifiers/{verifier_id}": {
+            "delete": _op(
+                "Delete a verifier: its token stops working",
+                {"204": {"description": "Deleted"}},
+                problems=("404",),
+                auth=admin,
+                params=[_VERIFIER_ID],
+            )
+        },
+        "/verify": {
+            "post": _op(
+                "Verify a client assertion (RFC 7523 §3, RFC 8725)",
+                {
+                    "200": _json(
+                        s.VERIFICATION,
+                        "The verdict: valid, or refused with the reason",
+                    )
+                },
+                problems=(),
+                auth="verifier",
+                body=s.VERIFY,
             )
         },
         "/healthz": {
@@ -315,6 +390,7 @@ def document() -> dict[str, Any]:
             "securitySchemes": {
                 "admin": {"type": "http", "scheme": "bearer"},
                 "clientOrAdmin": {"type": "http", "scheme": "bearer"},
+                "verifier": {"type": "http", "scheme": "bearer"},
             }
         },
     }

@@ -11,6 +11,7 @@ from aiohttp import web
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
+from keysvc.assertions import ASSERTION_TYPE
 from keysvc.errors import InvalidRequest, UnsupportedMediaType
 from keysvc.keys import SIGNING_ALGS
 
@@ -57,6 +58,7 @@ PATCH_CLIENT: Schema = {
         "rotation_period": PERIOD,
         "prepublish_period": PERIOD,
         "grace_period": PERIOD,
+        "jwks_uri": {"type": "string", "minLength": 1, "maxLength": 2048},
     },
 }
 
@@ -164,6 +166,115 @@ PROBLEM: Schema = {
         "status": {"type": "integer"},
         "detail": {"type": "string"},
         "retry_after": {"type": "integer"},
+    },
+}
+
+
+# -- client assertions (RFC 7523) ---------------------------------------------
+
+AUDIENCE: Schema = {"type": "string", "minLength": 1, "maxLength": 2048}
+VERIFIER_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+SIGN_ASSERTION: Schema = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["audience"],
+    "properties": {
+        "audience": {
+            "oneOf": [
+                AUDIENCE,
+                {"type": "array", "items": AUDIENCE, "minItems": 1, "maxItems": 10},
+            ]
+        },
+        "lifetime": PERIOD,
+        "explicit_typ": {"type": "boolean"},
+    },
+}
+
+CREATE_VERIFIER: Schema = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "audiences"],
+    "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 200},
+        "audiences": {
+            "description": "the issuer identifier and the token endpoint URL an "
+            "assertion's aud may name, compared as exact strings",
+            "type": "array",
+            "items": AUDIENCE,
+            "minItems": 1,
+            "maxItems": 20,
+        },
+        "require_typ": {"type": "boolean"},
+    },
+}
+
+VERIFY: Schema = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["client_assertion", "client_assertion_type"],
+    "properties": {
+        "client_assertion": {"type": "string"},
+        "client_assertion_type": {"const": ASSERTION_TYPE},
+        "audience": AUDIENCE,
+        "client_id": {"type": "string", "minLength": 1, "maxLength": 128},
+    },
+}
+
+VERIFIER: Schema = {
+    "type": "object",
+    "required": ["verifier_id", "name", "audiences", "require_typ", "created_at"],
+    "properties": {
+        "verifier_id": {"type": "string"},
+        "name": {"type": "string"},
+        "audiences": {"type": "array", "items": {"type": "string"}},
+        "require_typ": {"type": "boolean"},
+        "created_at": TIMESTAMP,
+    },
+}
+
+SIGNED_ASSERTION: Schema = {
+    "type": "object",
+    "required": ["client_assertion", "client_assertion_type", "expires_at"],
+    "properties": {
+        "client_assertion": {"type": "string"},
+        "client_assertion_type": {"const": ASSERTION_TYPE},
+        "expires_at": TIMESTAMP,
+    },
+}
+
+VERIFICATION: Schema = {
+    "oneOf": [
+        {
+            "type": "object",
+            "required": ["valid", "client_id", "kid", "alg", "expires_at"],
+            "properties": {
+                "valid": {"const": True},
+                "client_id": {"type": "string"},
+                "kid": {"type": ["string", "null"]},
+                "alg": {"type": "string"},
+                "expires_at": TIMESTAMP,
+            },
+        },
+        {
+            "type": "object",
+            "required": ["valid", "error", "reason"],
+            "properties": {
+                "valid": {"const": False},
+                "error": {"const": "invalid_client"},
+                "reason": {"type": "string"},
+            },
+        },
+    ]
+}
+
+ROTATED_SECRET: Schema = {
+    "type": "object",
+    "required": ["client_secret", "secret_id", "previous_valid_until"],
+    "properties": {
+        "client_secret": {"type": "string"},
+        "secret_id": {"type": "string"},
+        "previous_valid_until": NULLABLE_TIMESTAMP,
     },
 }
 

@@ -8,6 +8,7 @@ import json
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from keysvc import migrations
 from keysvc.errors import KeysvcError
 from keysvc.http.appkeys import METRICS, SETTINGS, STATUS, STORE
 from keysvc.http.openapi import document
@@ -24,16 +25,23 @@ async def readyz(request: web.Request) -> web.Response:
     status = request.app[STATUS]
     checks = {
         "database": status.database,
+        "migrations": False,
         "listener": status.listening,
         "draining": status.draining,
     }
     if status.database:
         try:
             async with asyncio.timeout(READY_TIMEOUT_SECONDS):
-                await request.app[STORE].ping()
+                version = await request.app[STORE].schema_version()
+            checks["migrations"] = version == migrations.code_version()
         except (KeysvcError, TimeoutError):
             checks["database"] = False
-    ready = checks["database"] and checks["listener"] and not status.draining
+    ready = (
+        checks["database"]
+        and checks["migrations"]
+        and checks["listener"]
+        and not status.draining
+    )
     request.app[METRICS].ready.set(1 if ready else 0)
 
     return web.json_response(

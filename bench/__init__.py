@@ -1,0 +1,1 @@
+"""keysvc's benchmarks: ``python -m bench`` (``make bench``); see bench/README.md."""

@@ -1,0 +1,139 @@
+"""Scheduled rotation of every due generated client, a batch at a time.
+
+A mass rotation (thousands of clients due at once, after downtime) runs in
+three steps a batch, so that nothing waits on key generation but the batch
+itself:
+
+1. claim: one short transaction leases up to ``batch`` due clients
+   (``FOR UPDATE SKIP LOCKED``, then a lease on the database clock), so
+   replicas that scan at once take different clients;
+2. generate: the batch's fresh ``next`` keys are made in the worker
+   processes, with no transaction open, no row locked, no connection held;
+3. rotate: each client in its own short transaction, ``concurrency`` at a
+   time, which re-checks that the client is still due and clears its lease.
+
+A replica killed between the steps leaves leases that run out, and the
+clients are claimed again by whoever scans next; no client is half-rotated,
+since step 3 is one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+
+import asyncpg
+
+from keysvc.errors import KeysvcError
+from keysvc.keygen import KeyGenerator
+from keysvc.keys import GeneratedKey, KeySpec
+from keysvc.lifecycle import Lifecycle
+from keysvc.models import Client
+from keysvc.scheduler import describe_failure
+
+logger = logging.getLogger(__name__)
+
+ACTOR = "scheduler"
+
+
+class ScheduledRotation:
+    """Rotates due generated clients; run as the scheduler's ``rotate`` job."""
+
+    def __init__(
+        self,
+        lifecycle: Lifecycle,
+        generator: KeyGenerator,
+        *,
+        batch: int,
+        concurrency: int,
+        lease_seconds: int,
+        owner: str,
+    ) -> None:
+        self.lifecycle = lifecycle
+        self.generator = generator
+        self.batch = batch
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.owner = owner
+
+    async def run(self, stopping: Callable[[], bool] = lambda: False) -> int:
+        """Rotate until no client is due (or ``stopping``); return how many.
+
+        A client whose rotation failed keeps its lease until it runs out, so
+        one run does not retry it in a loop; the run then fails as a whole.
+        """
+        rotated = failed = 0
+        while not stopping():
+            claimed = await self._claim()
+            if not claimed:
+                break
+            done, errors = await self._rotate_batch(claimed)
+            rotated += done
+            failed += errors
+            if not done and not errors:
+                # Nothing in the batch was still due (rotated by hand, or its
+                # policy changed meanwhile): leave the rest to the next tick
+                # rather than claim the same clients again and again.
+                break
+
+        if rotated or failed:
+            logger.info("scheduled rotation: %d rotated, %d failed", rotated, failed)
+        if failed:
+            raise KeysvcError(
+                f"{failed} scheduled rotations failed; their clients are claimed "
+                f"again when their lease of {self.lease_seconds} s runs out"
+            )
+
+        return rotated
+
+    async def _claim(self) -> list[Client]:
+        async with self.lifecycle.store.transaction("claim due rotations") as tx:
+            return await tx.claim_due_rotations(
+                limit=self.batch, lease_seconds=self.lease_seconds, owner=self.owner
+            )
+
+    async def _rotate_batch(self, claimed: Sequence[Client]) -> tuple[int, int]:
+        specs = [KeySpec(c.policy.alg, c.policy.key_size) for c in claimed]
+        try:
+            generated = await self.generator.generate_many(specs)
+        except BaseException:
+            # Give the clients back at once rather than when the lease ends.
+            await asyncio.shield(self._release(claimed))
+            raise
+
+        gate = asyncio.Semaphore(self.concurrency)
+        outcomes = await asyncio.gather(
+            *(
+                self._rotate_one(gate, client.client_id, spec, key)
+                for client, spec, key in zip(claimed, specs, generated, strict=True)
+            )
+        )
+
+        return outcomes.count(True), outcomes.count(None)
+
+    async def _rotate_one(
+        self,
+        gate: asyncio.Semaphore,
+        client_id: str,
+        spec: KeySpec,
+        key: GeneratedKey,
+    ) -> bool | None:
+        """True when rotated, False when no longer due, None when it failed."""
+        async with gate:
+            try:
+                return await self.lifecycle.rotate_if_due(
+                    client_id, spec, key, actor=ACTOR
+                )
+            except (KeysvcError, asyncpg.PostgresError) as exc:
+                logger.warning(
+                    "scheduled rotation of client %s failed: %s",
+                    client_id,
+                    describe_failure(exc),
+                    extra={"client_id": client_id},
+                )
+                return None
+
+    async def _release(self, claimed: Sequence[Client]) -> None:
+        async with self.lifecycle.store.transaction("release claims") as tx:
+            await tx.release_rotation_claims([c.client_id for c in claimed])
