@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv run test test-fast lint format bench clean
+.PHONY: venv run test test-fast test-faults lint format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,10 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow"
+	$(PY) -m pytest -m "not slow and not soak"
+
+test-faults: $(STAMP)
+	$(PY) -m pytest -m soak -s
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -193,6 +193,7 @@ async def measure(ctx: Context) -> list[Row]:
     try:
         async with Api(url, ctx.credentials.admin_token) as api:
             routes = await api.routes()
+            logger.info("keysvc up; setting up the clients")
             verifiers: dict[str, Signer] = {}
             verifier_token = ""
             if VERIFY_ROUTE in routes:
@@ -233,12 +234,14 @@ async def measure(ctx: Context) -> list[Row]:
             },
         )
         servers.append(ceiling)
+        logger.info("clients and ceiling ready: %s", ", ".join(sorted(verifiers)))
 
-        verify = _verify_runs(
+        verify = await _verify_runs(
             ctx, url, ceiling_url, ceiling_dsn, verifiers, verifier_token
         )
         sign = _sign_runs(ctx, url, ceiling_url, signers)
-        return _rows(await verify, sign)
+
+        return _rows(verify, sign)
     finally:
         for server in reversed(servers):
             server.stop()

@@ -14,12 +14,16 @@ MAX_PERIOD_SECONDS = 100 * 365 * 86400
 def parse_period(value: object) -> int:
     """Return a duration in whole seconds, or raise ``ValueError``.
 
-    Integers are seconds; strings are digits with an optional unit suffix.
+    Integers (and floats without a fraction) are seconds; strings are digits
+    with an optional unit suffix.
     """
     if isinstance(value, bool):
         raise ValueError("a period is a number of seconds or a string like '30d'")
     if isinstance(value, int):
         seconds = value
+    elif isinstance(value, float) and value.is_integer():
+        # JSON has one number type: 90.0 is the integer 90 to a JSON Schema.
+        seconds = int(value)
     elif isinstance(value, str):
         match = _PERIOD.fullmatch(value.strip())
         if match is None:

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import aiohttp
 import pytest
+from processes import KeysvcProcess, free_port
 
 from keysvc.sealing import format_kek
 
@@ -23,91 +21,28 @@ pytestmark = pytest.mark.slow
 ADMIN = "ksad_" + "o" * 43
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Serve:
-    """One `keysvc serve` subprocess on loopback, its stderr kept as lines."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.env = {
-            "PATH": os.environ["PATH"],
-            "KEYSVC_PORT": str(self.port),
-            "KEYSVC_KEYGEN_WORKERS": "1",
-            "KEYSVC_SCHEDULER": "0",
-            **env,
-        }
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.process: asyncio.subprocess.Process | None = None
-        self.lines: list[str] = []
-
-    async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "keysvc", "serve", env=self.env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        self._reader = asyncio.create_task(self._read())
-        deadline = time.monotonic() + 60
-        async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
-                if self.process.returncode is not None:
-                    raise AssertionError("\n".join(self.lines[-20:]))
-                try:
-                    async with session.get(f"{self.base}/readyz") as response:
-                        if response.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise AssertionError("keysvc did not become ready")
-
-    async def _read(self) -> None:
-        assert self.process is not None and self.process.stderr is not None
-        async for line in self.process.stderr:
-            self.lines.append(line.decode().rstrip("\n"))
-
-    async def stop(self, sig: int | None = signal.SIGTERM) -> int:
-        """Send ``sig`` (None: it was sent already) and wait for the exit."""
-        assert self.process is not None
-        if sig is not None and self.process.returncode is None:
-            self.process.send_signal(sig)
-        try:
-            code = await asyncio.wait_for(self.process.wait(), 30)
-        except TimeoutError as exc:
-            raise AssertionError("\n".join(self.lines[-15:])) from exc
-        finally:
-            if self.process.returncode is None:
-                self.process.kill()
-                await self.process.wait()
-        await asyncio.wait_for(self._reader, 5)
-        return code
-
-
 @pytest.fixture
 async def serve(database_url, kek, leak_watch):
-    started: list[Serve] = []
+    started: list[KeysvcProcess] = []
 
-    async def start(**env: str) -> Serve:
-        process = Serve(
+    async def start(**env: str) -> KeysvcProcess:
+        process = KeysvcProcess(
             {
                 "KEYSVC_DATABASE_URL": database_url,
                 "KEYSVC_ADMIN_TOKEN": ADMIN,
                 "KEYSVC_KEKS": format_kek(kek),
+                "KEYSVC_KEYGEN_WORKERS": "1",
+                "KEYSVC_SCHEDULER": "0",
                 **env,
             }
         )
         started.append(process)
-        await process.start()
-        return process
+        return await process.started()
 
     yield start
     for process in started:
-        if process.process is not None and process.process.returncode is None:
-            await process.stop(signal.SIGKILL)
+        if process.running:
+            await process.kill()
         leak_watch.lines.extend(process.lines)
 
 
@@ -183,14 +118,13 @@ async def test_sigterm_drains_accepted_requests_and_exits_in_time(serve, leak_wa
         ]
         await asyncio.sleep(0.3)
         started = time.monotonic()
-        assert keysvc.process is not None
-        keysvc.process.send_signal(signal.SIGTERM)
+        keysvc.signal(signal.SIGTERM)
         await asyncio.sleep(0.2)
         during = await http.get("/readyz")
         responses = await asyncio.wait_for(asyncio.gather(*slow), 30)
         for response in responses:
             leak_watch.add((await response.json())["client_token"])
-    code = await keysvc.stop(None)
+    code = await keysvc.wait(within=30)
     elapsed = time.monotonic() - started
 
     assert during.status == 503

@@ -10,12 +10,9 @@ kept: each line must be JSON and none may hold a secret.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
-import signal
 import socket
-import sys
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +23,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
+from processes import KeysvcProcess as Replica
 
 from keysvc.sealing import Kek, format_kek
 
@@ -34,81 +32,6 @@ pytestmark = pytest.mark.slow
 ADMIN = "ksad_" + "r" * 43
 INTERVAL = 0.2
 LEASE_SECONDS = 2
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Replica:
-    """One `keysvc serve` subprocess and the lines it wrote to stderr."""
-
-    def __init__(self, name: str, env: dict[str, str]) -> None:
-        self.name = name
-        self.port = free_port()
-        self.env = {**env, "KEYSVC_PORT": str(self.port)}
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.process: asyncio.subprocess.Process | None = None
-        self.lines: list[str] = []
-        self._reader: asyncio.Task[None] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "keysvc", "serve", env=self.env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-            # Its own process group: a kill takes its key workers with it,
-            # as when a container or a machine dies.
-            start_new_session=True,
-        )  # fmt: skip
-        self._reader = asyncio.create_task(self._read())
-
-    async def ready(self, http: aiohttp.ClientSession) -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.returncode is not None:
-                raise AssertionError("\n".join(self.lines[-20:]))
-            try:
-                async with http.get(f"{self.base}/readyz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"{self.name} did not become ready")
-
-    async def kill(self) -> None:
-        """SIGKILL to the replica and its workers: no cleanup, no release."""
-        if self.process is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-        await self._wait()
-
-    async def stop(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self._wait(), 20)
-        finally:
-            await self.kill()
-
-    async def _wait(self) -> None:
-        if self.process is not None:
-            await asyncio.wait_for(self.process.wait(), 20)
-        if self._reader is not None:
-            await asyncio.wait_for(self._reader, 5)
-
-    async def _read(self) -> None:
-        assert self.process is not None and self.process.stderr is not None
-        async for line in self.process.stderr:
-            self.lines.append(line.decode().rstrip("\n"))
 
 
 class Cluster:
@@ -122,7 +45,7 @@ class Cluster:
 
     async def start(self, count: int, **env: str) -> list[Replica]:
         started = [
-            Replica(f"replica-{len(self.replicas) + i}", {**self.env, **env})
+            Replica({**self.env, **env}, name=f"replica-{len(self.replicas) + i}")
             for i in range(count)
         ]
         self.replicas.extend(started)

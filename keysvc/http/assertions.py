@@ -17,7 +17,13 @@ from typing import Any
 from aiohttp import web
 
 from keysvc.assertions import ASSERTION_TYPE
-from keysvc.errors import AssertionRejected, Forbidden, NotFound, Unauthorized
+from keysvc.errors import (
+    AssertionRejected,
+    Forbidden,
+    InvalidRequest,
+    NotFound,
+    Unauthorized,
+)
 from keysvc.http import render
 from keysvc.http.appkeys import (
     ADMIN_TOKEN_HASH,
@@ -31,7 +37,7 @@ from keysvc.http.appkeys import (
     VERIFIER,
     VERIFIERS,
 )
-from keysvc.http.auth import bearer, require_admin, require_client
+from keysvc.http.auth import bearer, client_for, require_admin, require_client
 from keysvc.http.schemas import (
     CLIENT_ID_PATTERN,
     CREATE_VERIFIER,
@@ -44,7 +50,7 @@ from keysvc.http.schemas import (
 from keysvc.periods import parse_period
 from keysvc.signing import AssertionSigner
 from keysvc.store import VerifierRecord
-from keysvc.tokens import matches
+from keysvc.tokens import matches, token_hash
 from keysvc.verification import AssertionVerifier, DbClock
 from keysvc.verifiers import Verifiers
 
@@ -94,9 +100,21 @@ async def _calling_verifier(request: web.Request) -> VerifierRecord:
         raise Forbidden("/verify takes a verifier token, not the admin token")
     verifier = await request.app[VERIFIERS].for_token(token)
     if verifier is None:
+        if await client_for(request, token_hash(token)) is not None:
+            raise Forbidden("/verify takes a verifier token, not a client token")
         raise Unauthorized("the bearer token is not a verifier token")
 
     return verifier
+
+
+def _lifetime(body: dict[str, Any]) -> int | None:
+    # The schema admits '9999999999w'; only the parser knows it is past the bound.
+    if "lifetime" not in body:
+        return None
+    try:
+        return parse_period(body["lifetime"])
+    except ValueError as exc:
+        raise InvalidRequest(f"lifetime: {exc}") from exc
 
 
 # -- a client's assertions and secret ------------------------------------------
@@ -110,13 +128,11 @@ async def sign(request: web.Request) -> web.Response:
     request.app[LIMITS].assertions.check(client_id)
 
     signer = request.app[SIGNER]
-    lifetime = body.get("lifetime")
+    lifetime = _lifetime(body)
     signed = await signer.sign(
         client_id,
         audience=body["audience"],
-        lifetime_seconds=signer.lifetime(
-            None if lifetime is None else parse_period(lifetime)
-        ),
+        lifetime_seconds=signer.lifetime(lifetime),
         explicit_typ=bool(body.get("explicit_typ", False)),
     )
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from keysvc.errors import Forbidden, Unauthorized
-from keysvc.http.appkeys import ADMIN_TOKEN_HASH, STORE, TOKENS
+from keysvc.http.appkeys import ADMIN_TOKEN_HASH, STORE, TOKENS, VERIFIERS
 from keysvc.tokens import token_hash
 
 
@@ -39,20 +39,35 @@ def bearer(request: web.Request) -> str:
     return token.strip()
 
 
-async def authenticate(request: web.Request) -> Caller:
-    """Resolve the bearer token to the admin or a client, or refuse with 401."""
-    digest = token_hash(bearer(request))
-    if hmac.compare_digest(digest, request.app[ADMIN_TOKEN_HASH]):
-        return ADMIN
+async def client_for(request: web.Request, digest: bytes) -> str | None:
+    """The client whose token hashes to ``digest``, from memory when it can."""
     tokens = request.app[TOKENS]
     client_id = tokens.get(digest)
     if client_id is None:
         client_id = await request.app[STORE].client_for_token(digest)
-        if client_id is None:
-            raise Unauthorized("the bearer token is not valid")
-        tokens.put(digest, client_id)
+        if client_id is not None:
+            tokens.put(digest, client_id)
 
-    return Caller(client_id)
+    return client_id
+
+
+async def authenticate(request: web.Request) -> Caller:
+    """Resolve the bearer token to the admin or a client.
+
+    An unknown token is a 401; a verifier token, valid but of the wrong kind
+    for these routes, is a 403.
+    """
+    token = bearer(request)
+    digest = token_hash(token)
+    if hmac.compare_digest(digest, request.app[ADMIN_TOKEN_HASH]):
+        return ADMIN
+    client_id = await client_for(request, digest)
+    if client_id is not None:
+        return Caller(client_id)
+    if await request.app[VERIFIERS].for_token(token) is not None:
+        raise Forbidden("a verifier token is only good for POST /verify")
+
+    raise Unauthorized("the bearer token is not valid")
 
 
 async def require_admin(request: web.Request) -> Caller:
