@@ -463,7 +463,7 @@ async def test_verify_takes_only_a_verifier_token(
         headers=bearer(client["client_token"]),
     )
 
-    assert statuses == [401, 403, 401, 401]
+    assert statuses == [401, 403, 403, 401]
     assert by_client.status == 403
 
 
