@@ -13,9 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
-from keysvc import __version__, migrations
+from keysvc import __version__, embedded, migrations
 from keysvc.db import create_pool
-from keysvc.embedded import EmbeddedPostgres, ensure_role
 from keysvc.errors import KeysvcError
 from keysvc.http import render, server
 from keysvc.http.app import create_app, with_dev_secrets
@@ -70,13 +69,7 @@ async def _service(settings: Settings) -> AsyncIterator[web.Application]:
 
 
 async def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
-    embedded = None
-    dsn = settings.database_url
-    if dsn is None:
-        embedded = EmbeddedPostgres(settings.data_dir)
-        superuser, dsn = await asyncio.to_thread(embedded.start)
-        await ensure_role(superuser)
-    try:
+    async with embedded.database(settings.database_url, settings.data_dir) as dsn:
         pool = await create_pool(
             dsn, min_size=1, max_size=1, timeout_seconds=settings.db_timeout_seconds
         )
@@ -86,9 +79,6 @@ async def _migrate(settings: Settings, _args: argparse.Namespace) -> int:
                 version = await migrations.database_version(conn)
         finally:
             await pool.close()
-    finally:
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
     _out({"applied": applied, "schema_version": version})
 
     return 0

@@ -9,9 +9,12 @@ production. The admin token and a KEK are generated once into files of mode
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import stat
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +68,23 @@ class EmbeddedPostgres:
             self._server.cleanup()
             self._server = None
             logger.info("embedded PostgreSQL stopped")
+
+
+@asynccontextmanager
+async def database(dsn: Secret | None, data_dir: Path) -> AsyncIterator[Secret]:
+    """The DSN to use: the given one, or an embedded server's for the lifetime
+    of the block (started, its role made, and stopped at the end)."""
+    if dsn is not None:
+        yield dsn
+        return
+
+    embedded = EmbeddedPostgres(data_dir)
+    superuser, own = await asyncio.to_thread(embedded.start)
+    try:
+        await ensure_role(superuser)
+        yield own
+    finally:
+        await asyncio.to_thread(embedded.stop)
 
 
 async def ensure_role(superuser_dsn: Secret) -> None:

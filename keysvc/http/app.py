@@ -15,9 +15,9 @@ from dataclasses import replace
 import asyncpg
 from aiohttp import web
 
-from keysvc import migrations, verifiers
+from keysvc import embedded, migrations, verifiers
 from keysvc.db import CONNECTION_FAULTS, create_pool
-from keysvc.embedded import EmbeddedPostgres, dev_secrets, ensure_role
+from keysvc.embedded import dev_secrets
 from keysvc.errors import ConfigError
 from keysvc.http import assertions, clients, jwks, system
 from keysvc.http.appkeys import (
@@ -144,15 +144,8 @@ def create_app(
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    embedded = None
-    dsn = settings.database_url
-    if dsn is None:
-        embedded = EmbeddedPostgres(settings.data_dir)
-        superuser, dsn = await asyncio.to_thread(embedded.start)
-        await ensure_role(superuser)
-    app[_DSN] = dsn
-
-    try:
+    async with embedded.database(settings.database_url, settings.data_dir) as dsn:
+        app[_DSN] = dsn
         pool = await create_pool(
             dsn,
             min_size=settings.db_pool_min,
@@ -168,9 +161,6 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         finally:
             app[STATUS].database = False
             await asyncio.wait_for(pool.close(), settings.shutdown_timeout_seconds)
-    finally:
-        if embedded is not None:
-            await asyncio.to_thread(embedded.stop)
 
 
 async def _key_generator(app: web.Application) -> AsyncIterator[None]:
