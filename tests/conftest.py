@@ -17,9 +17,11 @@ from typing import Any
 
 import aiohttp
 import asyncpg
+import pgserver
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from harness import own_temp_dir
 
 from keysvc import migrations
 from keysvc.http.app import create_app
@@ -36,18 +38,19 @@ _numbers = itertools.count()
 
 
 @pytest.fixture(scope="session")
-def pg_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_root() -> Iterator[str]:
     """Superuser DSN of a PostgreSQL for the whole session."""
     given = os.environ.get("KEYSVC_TEST_DATABASE_URL")
     if given:
         yield given
         return
 
-    import pgserver
-
-    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
-    yield server.get_uri()
-    server.cleanup()
+    # Not under pytest's basetemp: a concurrent pytest run prunes old
+    # basetemps, and would delete a live server's data under it.
+    with own_temp_dir("keysvc-test-pg-") as path:
+        server = pgserver.get_server(path, cleanup_mode="stop")
+        yield server.get_uri()
+        server.cleanup()
 
 
 def _dsn(root: str, *, user: str, database: str) -> str:

@@ -8,8 +8,8 @@ import contextlib
 import aiohttp
 import asyncpg
 import pytest
+from harness import KeysvcProcess
 from jwcrypto import jwk
-from processes import KeysvcProcess
 
 from keysvc.sealing import format_kek
 

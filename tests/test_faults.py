@@ -13,6 +13,7 @@ import asyncpg
 import pgserver
 import pytest
 from aiohttp.test_utils import TestServer
+from harness import own_temp_dir
 
 from keysvc.http.app import create_app
 from keysvc.http.appkeys import STATUS
@@ -37,8 +38,14 @@ class Postgres:
 
 
 @pytest.fixture
-async def own_pg(tmp_path: Path) -> AsyncIterator[tuple[Postgres, str]]:
-    pg = await asyncio.to_thread(Postgres, tmp_path / "pg")
+async def own_pg() -> AsyncIterator[tuple[Postgres, str]]:
+    with own_temp_dir("keysvc-test-faults-") as path:
+        async for pair in _own_pg(path):
+            yield pair
+
+
+async def _own_pg(path: Path) -> AsyncIterator[tuple[Postgres, str]]:
+    pg = await asyncio.to_thread(Postgres, path / "pg")
     conn = await asyncpg.connect(pg.root)
     try:
         await conn.execute("CREATE ROLE faulty LOGIN NOSUPERUSER")

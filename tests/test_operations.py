@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from processes import KeysvcProcess, free_port
+from harness import KeysvcProcess, free_port
 
 from keysvc.sealing import format_kek
 

@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from processes import KeysvcProcess as Replica
+from harness import KeysvcProcess as Replica
 
 from keysvc.sealing import Kek, format_kek
 

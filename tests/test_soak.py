@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 import pytest
-from processes import KeysvcProcess
+from harness import KeysvcProcess
 
 from keysvc.sealing import format_kek
 
