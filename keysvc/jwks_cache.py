@@ -9,7 +9,6 @@ notification was lost. Concurrent misses for one client share one load.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import functools
 import hashlib
@@ -19,6 +18,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from keysvc.flights import LoadingMap
 
 _JITTER_VARIANTS = 8
 
@@ -132,29 +133,20 @@ def strong_etag(body: bytes) -> str:
     return '"' + base64.urlsafe_b64encode(digest).decode() + '"'
 
 
-class _Flight:
-    __slots__ = ("future", "stale")
-
-    def __init__(self, future: asyncio.Future[JwksEntry | None]) -> None:
-        self.future = future
-        self.stale = False
-
-
 class JwksCache:
-    """A bounded map of client id to :class:`JwksEntry`, with single-flight loads."""
+    """Client id to :class:`JwksEntry`, bounded, with single-flight loads."""
 
     def __init__(self, *, ttl: float, max_entries: int) -> None:
         self.ttl = ttl
         self.max_entries = max_entries
-        self._entries: dict[str, JwksEntry] = {}
-        self._flights: dict[str, _Flight] = {}
+        self._map: LoadingMap[str, JwksEntry] = LoadingMap(max_entries=max_entries)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._map)
 
     def get(self, client_id: str) -> JwksEntry | None:
         """A live entry; an expired one stays behind for :meth:`stale`."""
-        entry = self._entries.get(client_id)
+        entry = self._map.peek(client_id)
         if entry is not None and entry.expires_at < time.monotonic():
             return None
 
@@ -166,7 +158,7 @@ class JwksCache:
         Only entries that merely aged out are kept: a change to the client's
         keys removes its entry, so a revoked key is never served stale.
         """
-        entry = self._entries.get(client_id)
+        entry = self._map.peek(client_id)
         if entry is not None and time.monotonic() - entry.expires_at <= max_stale:
             return entry
 
@@ -176,43 +168,10 @@ class JwksCache:
         self, client_id: str, loader: Callable[[], Awaitable[JwksEntry | None]]
     ) -> JwksEntry | None:
         """Build a missing entry, once for all concurrent callers."""
-        flight = self._flights.get(client_id)
-        if flight is not None:
-            return await asyncio.shield(flight.future)
-
-        flight = _Flight(asyncio.get_running_loop().create_future())
-        self._flights[client_id] = flight
-        try:
-            entry = await loader()
-        except BaseException as exc:
-            flight.future.set_exception(exc)
-            # Retrieve it here, so a load nobody else awaited logs no warning.
-            flight.future.exception()
-            raise
-        finally:
-            self._flights.pop(client_id, None)
-
-        if entry is not None and not flight.stale:
-            self._store(client_id, entry)
-        flight.future.set_result(entry)
-
-        return entry
+        return await self._map.load(client_id, loader)
 
     def invalidate(self, client_id: str) -> None:
-        self._entries.pop(client_id, None)
-        flight = self._flights.get(client_id)
-        if flight is not None:
-            # A load that started before the change must not be kept.
-            flight.stale = True
+        self._map.invalidate(client_id)
 
     def clear(self) -> None:
-        self._entries.clear()
-        for flight in self._flights.values():
-            flight.stale = True
-
-    def _store(self, client_id: str, entry: JwksEntry) -> None:
-        if len(self._entries) >= self.max_entries:
-            # Dicts keep insertion order: drop the oldest tenth in one go.
-            for stale in list(self._entries)[: max(1, self.max_entries // 10)]:
-                del self._entries[stale]
-        self._entries[client_id] = entry
+        self._map.clear()

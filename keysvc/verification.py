@@ -16,7 +16,6 @@ claim checks need no query.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import math
@@ -35,6 +34,7 @@ from keysvc.assertions import (
     parse_assertion,
 )
 from keysvc.errors import AssertionRejected, KeysvcError, Unavailable, UnsealError
+from keysvc.flights import LoadingMap
 from keysvc.keys import SIGNING_ALGS, load_public_key
 from keysvc.metrics import Metrics
 from keysvc.models import AuthMethod, KeySource
@@ -124,14 +124,6 @@ class ClientKeys:
         return [k for k in picked if self.valid_until.get(k.kid, math.inf) > now]
 
 
-class _Flight:
-    __slots__ = ("future", "stale")
-
-    def __init__(self, future: asyncio.Future[ClientKeys]) -> None:
-        self.future = future
-        self.stale = False
-
-
 class AssertionVerifier:
     """Runs every check of a client assertion; keeps each client's keys parsed."""
 
@@ -159,8 +151,7 @@ class AssertionVerifier:
         self.remote: RemoteKeys | None = None
         # The seam for rate limits; none until that issue lands.
         self.limiter: Limiter | None = None
-        self._entries: dict[str, ClientKeys] = {}
-        self._flights: dict[str, _Flight] = {}
+        self._keys: LoadingMap[str, ClientKeys] = LoadingMap(max_entries=max_entries)
         self._remote_parsed: dict[str, VerificationKey | None] = {}
 
     # -- the checks -----------------------------------------------------------
@@ -278,54 +269,28 @@ class AssertionVerifier:
 
     async def keys_of(self, client_id: str) -> ClientKeys:
         """A client's verification keys, from memory or loaded once for all."""
-        entry = self._entries.get(client_id)
+        entry = self._keys.peek(client_id)
         if entry is not None and time.monotonic() - entry.loaded_at < (
             self.cache_ttl_seconds
         ):
             return entry
 
-        flight = self._flights.get(client_id)
-        if flight is not None:
-            return await asyncio.shield(flight.future)
-
-        flight = _Flight(asyncio.get_running_loop().create_future())
-        self._flights[client_id] = flight
-        try:
+        async def load() -> ClientKeys:
             material = await self.store.verification_material(client_id)
-            entry = self._parse(client_id, material)
-        except BaseException as exc:
-            flight.future.set_exception(exc)
-            # Retrieved here, so a load nobody else awaited logs no warning.
-            flight.future.exception()
-            raise
-        finally:
-            self._flights.pop(client_id, None)
+            return self._parse(client_id, material)
 
-        if not flight.stale:
-            self._store(client_id, entry)
-        flight.future.set_result(entry)
+        loaded = await self._keys.load(client_id, load)
+        if loaded is None:  # load() never answers None
+            raise AssertionRejected("unknown_client", "no such client")
 
-        return entry
+        return loaded
 
     def invalidate(self, client_id: str) -> None:
-        self._entries.pop(client_id, None)
-        flight = self._flights.get(client_id)
-        if flight is not None:
-            # A load that began before the change must not be kept.
-            flight.stale = True
+        self._keys.invalidate(client_id)
 
     def clear(self) -> None:
-        self._entries.clear()
+        self._keys.clear()
         self._remote_parsed.clear()
-        for flight in self._flights.values():
-            flight.stale = True
-
-    def _store(self, client_id: str, entry: ClientKeys) -> None:
-        if len(self._entries) >= self.max_entries:
-            # Dicts keep insertion order: drop the oldest tenth in one go.
-            for old in list(self._entries)[: max(1, self.max_entries // 10)]:
-                del self._entries[old]
-        self._entries[client_id] = entry
 
     def _parse(
         self, client_id: str, material: VerificationMaterial | None
