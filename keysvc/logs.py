@@ -13,6 +13,8 @@ import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 _TOKEN = re.compile(r"ks(?:cl|vf|ad)_[A-Za-z0-9_-]{20,}")
@@ -50,6 +52,23 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs a request it cannot parse at ERROR, with a traceback that
+    quotes the offending line, which may hold a credential: keep one line at
+    INFO that names the fault and quotes nothing."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        fault = record.exc_info[1] if record.exc_info else None
+        if isinstance(fault, HttpProcessingError):
+            record.msg = "refused a malformed HTTP request (%s, status %s)"
+            record.args = (type(fault).__name__, fault.code)
+            record.exc_info = record.exc_text = None
+            if record.levelno > logging.INFO:
+                record.levelno, record.levelname = logging.INFO, "INFO"
+
+        return True
+
+
 class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
@@ -69,5 +88,8 @@ def setup_logging(log_format: str, level: str) -> None:
     root.setLevel(level)
     # aiohttp's own access log would duplicate ours.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequestFilter) for f in server.filters):
+        server.addFilter(MalformedRequestFilter())
     for noisy in ("apscheduler", "pgserver", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

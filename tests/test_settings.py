@@ -126,6 +126,11 @@ def test_periods_accept_seconds_and_units(given, seconds):
     assert parse_period(given) == seconds
 
 
+def test_a_whole_float_period_is_its_integer():
+    # JSON Schema holds 90.0 an integer, so the API's schemas let it through.
+    assert parse_period(90.0) == 90
+
+
 @pytest.mark.parametrize("given", ["", "1y", "-5", "1.5h", True, None, 3.5, "9" * 20])
 def test_bad_periods_are_refused(given):
     with pytest.raises(ValueError):

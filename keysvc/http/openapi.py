@@ -25,6 +25,14 @@ _REASONS = {
     "429": "Too many requests (Retry-After)",
     "503": "The database, or a client's jwks_uri, is unavailable (Retry-After)",
 }
+_SECONDS = {"type": "string", "pattern": r"^\d+$"}
+# Headers a problem carries: always for 401 and 429, where known for 409 and 503.
+_PROBLEM_HEADERS = {
+    "401": {"WWW-Authenticate": {"required": True, "schema": {"type": "string"}}},
+    "409": {"Retry-After": {"schema": _SECONDS}},
+    "429": {"Retry-After": {"required": True, "schema": _SECONDS}},
+    "503": {"Retry-After": {"schema": _SECONDS}},
+}
 
 _CLIENT_ID = {
     "name": "client_id",
@@ -72,8 +80,9 @@ def _op(
         op["security"] = [{auth: []}]
         problems = ("401", "403", *problems)
     if body is not None:
+        # An empty body reads as {}: optional only where {} is a valid body.
         op["requestBody"] = {
-            "required": False,
+            "required": bool(body.get("required")),
             "content": {"application/json": {"schema": body}},
         }
         problems = ("400", "413", "415", *problems)
@@ -83,6 +92,8 @@ def _op(
             "description": _REASONS[code],
             "content": _PROBLEM_CONTENT,
         }
+        if code in _PROBLEM_HEADERS:
+            op["responses"][code]["headers"] = _PROBLEM_HEADERS[code]
     if params:
         op["parameters"] = params
 
@@ -119,9 +130,36 @@ _READY = {
     "properties": {"ready": {"type": "boolean"}, "checks": {"type": "object"}},
 }
 _JWKS_HEADERS = {
-    "ETag": {"schema": {"type": "string"}},
-    "Cache-Control": {"schema": {"type": "string"}},
+    "ETag": {"required": True, "schema": {"type": "string"}},
+    "Cache-Control": {"required": True, "schema": {"type": "string"}},
+    "Access-Control-Allow-Origin": {"required": True, "schema": {"const": "*"}},
 }
+_LOCATION = {"Location": {"required": True, "schema": {"type": "string"}}}
+
+
+def _preflight(*names: str) -> dict[str, Any]:
+    # A preflight looks nothing up: it answers for any path of the route.
+    return {
+        "summary": "CORS preflight for browsers that revalidate the document",
+        "parameters": [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in names
+        ],
+        "responses": {
+            "204": {
+                "description": "The methods and headers a browser may send",
+                "headers": {
+                    "Access-Control-Allow-Origin": _JWKS_HEADERS[
+                        "Access-Control-Allow-Origin"
+                    ],
+                    "Access-Control-Allow-Methods": {
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                },
+            }
+        },
+    }
 
 
 def _jwks_response(schema: dict[str, Any], media: str) -> dict[str, Any]:
@@ -150,7 +188,8 @@ def paths() -> dict[str, Any]:
                 _jwks_response(s.JWKS, "application/jwk-set+json"),
                 problems=("404", "406"),
                 params=[_CLIENT_ID],
-            )
+            ),
+            "options": _preflight("client_id"),
         },
         "/clients/{client_id}/jwks/{kid}": {
             "get": _op(
@@ -158,12 +197,16 @@ def paths() -> dict[str, Any]:
                 _jwks_response(s.PUBLIC_JWK, "application/jwk+json"),
                 problems=("404", "406"),
                 params=[_CLIENT_ID, _KID],
-            )
+            ),
+            "options": _preflight("client_id", "kid"),
         },
         "/clients": {
             "post": _op(
                 "Register a client",
-                {"201": _json(_CREATED, "The client, its first keys, its token")},
+                {
+                    "201": _json(_CREATED, "The client, its first keys, its token")
+                    | {"headers": _LOCATION}
+                },
                 problems=("409", "422"),
                 auth=admin,
                 body=s.CREATE_CLIENT,
@@ -231,7 +274,11 @@ def paths() -> dict[str, Any]:
                     {
                         "name": "after",
                         "in": "query",
-                        "schema": {"type": "integer", "minimum": 0},
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 0,
+                            "maximum": 10**18 - 1,
+                        },
                     },
                 ],
             )
@@ -336,7 +383,8 @@ def paths() -> dict[str, Any]:
                         "The verdict: valid, or refused with the reason",
                     )
                 },
-                problems=(),
+                # 429 once a per-verifier limit is configured (the admit seam).
+                problems=("429",),
                 auth="verifier",
                 body=s.VERIFY,
             )

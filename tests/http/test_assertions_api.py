@@ -224,6 +224,25 @@ async def test_default_lifetime_is_five_minutes_and_the_bound_is_enforced(
         assert response.content_type == "application/problem+json"
 
 
+async def test_a_lifetime_past_every_period_is_a_400_and_a_whole_float_signs(
+    http: aiohttp.ClientSession, create_client: CreateClient
+) -> None:
+    """Found by schemathesis: both answered 500 (parse_period's ValueError)."""
+    client = await create_client("whole")
+
+    beyond = await http.post(
+        "/clients/whole/assertions",
+        json={"audience": TOKEN_ENDPOINT, "lifetime": "9999999999w"},
+        headers=bearer(client["client_token"]),
+    )
+    whole = await sign_with_keysvc(http, client, lifetime=90.0)
+
+    assert beyond.status == 400
+    assert beyond.content_type == "application/problem+json"
+    claims = decode_segment(whole["client_assertion"], 1)
+    assert claims["exp"] - claims["iat"] == 90
+
+
 async def test_audience_may_be_a_list_and_explicit_typ_is_emitted_on_request(
     http: aiohttp.ClientSession, create_client: CreateClient
 ) -> None:
