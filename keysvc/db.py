@@ -15,6 +15,9 @@ from keysvc.secret import Secret
 
 logger = logging.getLogger(__name__)
 
+# A connection of its own, or one lent by the pool: both run statements alike.
+Connection = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
 # Faults that mean "the database cannot answer now", not "the request is wrong".
 CONNECTION_FAULTS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,

@@ -48,10 +48,11 @@ class EmbeddedPostgres:
 
     def start(self) -> tuple[Secret, Secret]:
         """Start (or join) the server; return (superuser DSN, keysvc DSN). Blocks."""
-        import pgserver  # imported here: production never loads it
+        # Imported here: production never loads it.
+        from pgserver.postgres_server import get_server
 
         _private_dir(self.data_dir)
-        self._server = pgserver.get_server(self.data_dir / "pg", cleanup_mode="stop")
+        self._server = get_server(self.data_dir / "pg", cleanup_mode="stop")
         superuser = self._server.get_uri()
         socket_dir = superuser.rsplit("host=", 1)[1]
         logger.warning(

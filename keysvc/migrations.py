@@ -18,8 +18,7 @@ from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
 
-import asyncpg
-
+from keysvc.db import Connection
 from keysvc.errors import MigrationError
 
 logger = logging.getLogger(__name__)
@@ -82,7 +81,7 @@ CREATE TABLE IF NOT EXISTS keysvc_schema (
 """
 
 
-async def migrate(conn: asyncpg.Connection) -> list[int]:
+async def migrate(conn: Connection) -> list[int]:
     """Bring the database to this code's version; return what was applied."""
     migrations = available()
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)
@@ -110,7 +109,7 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
     return done
 
 
-async def database_version(conn: asyncpg.Connection) -> int:
+async def database_version(conn: Connection) -> int:
     """The highest applied version, 0 for a database keysvc never touched."""
     exists = await conn.fetchval("SELECT to_regclass('keysvc_schema') IS NOT NULL")
     if not exists:
@@ -121,7 +120,7 @@ async def database_version(conn: asyncpg.Connection) -> int:
     )
 
 
-async def _applied(conn: asyncpg.Connection) -> dict[int, str]:
+async def _applied(conn: Connection) -> dict[int, str]:
     rows = await conn.fetch("SELECT version, checksum FROM keysvc_schema ORDER BY 1")
 
     return {row["version"]: row["checksum"] for row in rows}

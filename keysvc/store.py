@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from keysvc.db import translated
+from keysvc.db import Connection, translated
 from keysvc.errors import KeysvcError
 from keysvc.models import (
     AuthMethod,
@@ -185,6 +185,14 @@ def _verifier(row: asyncpg.Record) -> VerifierRecord:
         require_typ=row["require_typ"],
         created_at=row["created_at"],
     )
+
+
+def _one(row: asyncpg.Record | None) -> asyncpg.Record:
+    """The row a RETURNING statement must give back."""
+    if row is None:
+        raise KeysvcError("a write returned no row")
+
+    return row
 
 
 def _client(row: asyncpg.Record) -> Client:
@@ -601,7 +609,7 @@ class Store:
 class Tx:
     """Statements inside one transaction; rows read here are locked where noted."""
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
     async def now(self) -> datetime:
@@ -638,7 +646,7 @@ class Tx:
             jwks_uri,
             token_hash,
         )
-        return _client(row)
+        return _client(_one(row))
 
     async def lock_client(self, client_id: str) -> Client | None:
         """Read a client and lock its row: changes to one client's keys queue up."""
@@ -657,7 +665,7 @@ class Tx:
             client_id,
             *changes.values(),
         )
-        return _client(row)
+        return _client(_one(row))
 
     async def delete_client(self, client_id: str) -> None:
         await self.conn.execute("DELETE FROM clients WHERE client_id = $1", client_id)

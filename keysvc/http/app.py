@@ -265,11 +265,11 @@ async def _listen_forever(app: web.Application, listening: asyncio.Event) -> Non
     settings, status, cache = app[SETTINGS], app[STATUS], app[CLIENT_CACHES]
     connected_before = False
 
-    def on_notify(_conn: object, _pid: int, _channel: str, client_id: str) -> None:
-        cache.invalidate(client_id)
+    def on_notify(_conn: object, _pid: int, _channel: str, client_id: object) -> None:
+        cache.invalidate(str(client_id))
 
-    def on_verifier(_conn: object, _pid: int, _channel: str, verifier_id: str) -> None:
-        app[VERIFIERS].invalidate(verifier_id)
+    def on_verifier(_conn: object, _pid: int, _channel: str, verifier: object) -> None:
+        app[VERIFIERS].invalidate(str(verifier))
 
     while True:
         conn = None

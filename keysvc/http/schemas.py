@@ -303,29 +303,31 @@ def _describe(error: ValidationError) -> str:
         best = min(best.context, key=lambda e: len(e.path))
     where = "/".join(str(p) for p in best.absolute_path) or "body"
     rule = best.validator
+    schema = best.schema if isinstance(best.schema, dict) else {}
+    value: Any = best.validator_value
     if rule == "additionalProperties":
         extra = sorted(
-            set(best.instance) - set(best.schema.get("properties", {}))
+            set(best.instance) - set(schema.get("properties", {}))
             if isinstance(best.instance, dict)
             else []
         )
         return f"{where}: unknown field(s) {', '.join(repr(e[:40]) for e in extra)}"
     if rule == "required":
         missing = [
-            r for r in best.validator_value if not isinstance(best.instance, dict)
+            r for r in value if not isinstance(best.instance, dict)
             or r not in best.instance
         ]  # fmt: skip
         return f"{where}: missing required field(s) {', '.join(missing)}"
     if rule == "enum":
-        return f"{where}: must be one of {', '.join(map(str, best.validator_value))}"
+        return f"{where}: must be one of {', '.join(map(str, value))}"
     if rule == "type":
-        return f"{where}: must be of type {best.validator_value}"
+        return f"{where}: must be of type {value}"
     if rule == "pattern":
-        return f"{where}: must match {best.validator_value}"
+        return f"{where}: must match {value}"
     if rule == "oneOf":
-        return f"{where}: not a valid value ({best.schema.get('description', '')})"
+        return f"{where}: not a valid value ({schema.get('description', '')})"
 
-    return f"{where}: fails the {rule} rule ({best.validator_value})"
+    return f"{where}: fails the {rule} rule ({value})"
 
 
 async def read_json(request: web.Request, validator: BodyValidator) -> dict[str, Any]:
