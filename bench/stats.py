@@ -89,6 +89,7 @@ class Row:
     ceiling: Figure | None = None
     target: Target | None = None
     note: str = ""
+    invalid: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -97,7 +98,9 @@ class Row:
 
     @property
     def verdict(self) -> str:
-        """PASS, SHORT, or empty where there is no target or no figure."""
+        """PASS, SHORT, INVALID (the answers were wrong), or empty."""
+        if self.invalid:
+            return "INVALID"
         r = self.ratio
         if self.target is None or r is None:
             return ""
@@ -165,6 +168,7 @@ _HEADER = (
     "ratio",
     "target",
     "verdict",
+    "note",
 )
 
 
@@ -174,7 +178,7 @@ def cells(row: Row) -> tuple[str, ...]:
             return ""
         return f"{number(figure.low)}-{number(figure.high)}"
 
-    value = number(row.value.median) if row.value else (row.note or "")
+    value = number(row.value.median) if row.value else row.note
     r = row.ratio
     return (
         row.measure,
@@ -187,6 +191,7 @@ def cells(row: Row) -> tuple[str, ...]:
         "" if r is None else f"{r:.2f}x",
         row.target.describe() if row.target else "",
         row.verdict,
+        row.note if row.value else "",
     )
 
 

@@ -91,7 +91,17 @@ def test_a_missing_feature_prints_as_such_and_has_no_verdict():
 
     assert row.verdict == ""
     assert MISSING in table
-    assert table.splitlines()[1].count("---") == 10
+    assert table.splitlines()[1].count("---") == 11
+
+
+def test_a_row_whose_answers_were_wrong_is_invalid_whatever_its_ratio():
+    row = Row(
+        "signing", "req/s", Figure.of([100.0]), ceiling=Figure.of([10.0]),
+        target=Target(0.8), note="990 of 1000 answers not as expected", invalid=True,
+    )  # fmt: skip
+
+    assert row.verdict == "INVALID"
+    assert "990 of 1000" in markdown_table([row])
 
 
 def test_the_json_file_holds_every_run_the_ratio_and_the_verdict(tmp_path):
