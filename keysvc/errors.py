@@ -183,6 +183,12 @@ class DatabaseUnavailable(Unavailable):
     code = "database_unavailable"
 
 
+class StatementFailed(KeysvcError):
+    """PostgreSQL refused a statement inside a savepoint (its SQLSTATE named)."""
+
+    code = "statement_failed"
+
+
 class UnsealError(KeysvcError):
     """A sealed private part cannot be opened: wrong row, wrong or unknown KEK."""
 

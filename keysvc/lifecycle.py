@@ -11,14 +11,21 @@ replica drops its cached JWKS for that client.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from keysvc import client_secrets, keys
 from keysvc.client_secrets import IssuedSecret
-from keysvc.errors import Conflict, InvalidPolicy, NotFound, TooYoung, UnsealError
+from keysvc.errors import (
+    Conflict,
+    InvalidPolicy,
+    NotFound,
+    StatementFailed,
+    TooYoung,
+    UnsealError,
+)
 from keysvc.keygen import KeyGenerator
 from keysvc.metrics import Metrics
 from keysvc.models import AuthMethod, Client, KeyRecord, KeySource, KeyState, Policy
@@ -46,6 +53,15 @@ class ClientRequest:
     prepublish_period_seconds: int | None = None
     grace_period_seconds: int | None = None
     jwks_uri: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DueRotation:
+    """A client the scheduler claimed, with the fresh key made for it."""
+
+    client_id: str
+    spec: keys.KeySpec
+    key: keys.GeneratedKey = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,24 +324,69 @@ class Lifecycle:
         published for the prepublish period, and the policy still asks for
         ``spec``. Releases the claim either way; returns whether it rotated.
         """
-        fresh = self._sealed(client_id, generated, KeyState.NEXT)
         async with self.store.transaction("scheduled rotation") as tx:
-            client = await tx.lock_client(client_id)
-            if client is None:
-                return False
-            await tx.release_rotation_claims([client_id])
-            live = await tx.live_keys(client_id)
-            following = _due_next(client, live, await tx.now())
-            current = keys.KeySpec(client.policy.alg, client.policy.key_size)
-            if following is None or current != spec:
-                return False
-            await self._promote(
-                tx, live, following, fresh, actor=actor, trigger="scheduled"
+            kid = await self._rotate_locked_if_due(
+                tx, DueRotation(client_id, spec, generated), actor=actor
             )
+        if kid is not None:
+            self._rotated(client_id, kid, "scheduled")
 
-        self._rotated(client_id, following.kid, "scheduled")
+        return kid is not None
 
-        return True
+    async def rotate_group_if_due(
+        self, group: Sequence[DueRotation], *, actor: str
+    ) -> list[bool | None]:
+        """Several scheduled rotations under one commit, each in a savepoint.
+
+        A mass rotation is bound by commits, not by statements: one commit for
+        a group makes it several times faster. A client whose rotation fails
+        rolls back alone (None in the answer, its lease left to run out); the
+        others commit. True means rotated, False no longer due.
+        """
+        outcomes: list[bool | None] = []
+        rotated: list[tuple[str, str]] = []
+        async with self.store.transaction("scheduled rotations") as tx:
+            for item in group:
+                try:
+                    async with tx.savepoint("scheduled rotation"):
+                        kid = await self._rotate_locked_if_due(tx, item, actor=actor)
+                except StatementFailed as exc:
+                    logger.warning(
+                        "scheduled rotation of client %s failed: %s",
+                        item.client_id,
+                        exc.detail,
+                        extra={"client_id": item.client_id},
+                    )
+                    outcomes.append(None)
+                    continue
+                outcomes.append(kid is not None)
+                if kid is not None:
+                    rotated.append((item.client_id, kid))
+
+        for client_id, kid in rotated:
+            self._rotated(client_id, kid, "scheduled")
+
+        return outcomes
+
+    async def _rotate_locked_if_due(
+        self, tx: Tx, item: DueRotation, *, actor: str
+    ) -> str | None:
+        """Lock, re-check and rotate one client; the kid made active, or None."""
+        client = await tx.lock_client(item.client_id)
+        if client is None:
+            return None
+        await tx.release_rotation_claims([item.client_id])
+        live = await tx.live_keys(item.client_id)
+        following = _due_next(client, live, await tx.now())
+        current = keys.KeySpec(client.policy.alg, client.policy.key_size)
+        if following is None or current != item.spec:
+            return None
+        fresh = self._sealed(item.client_id, item.key, KeyState.NEXT)
+        await self._promote(
+            tx, live, following, fresh, actor=actor, trigger="scheduled"
+        )
+
+        return following.kid
 
     async def import_key(
         self, client_id: str, jwk: object, *, activate: bool, actor: str

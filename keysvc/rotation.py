@@ -9,12 +9,13 @@ itself:
    replicas that scan at once take different clients;
 2. generate: the batch's fresh ``next`` keys are made in the worker
    processes, with no transaction open, no row locked, no connection held;
-3. rotate: each client in its own short transaction, ``concurrency`` at a
-   time, which re-checks that the client is still due and clears its lease.
+3. rotate: the batch in ``concurrency`` groups at once, each group one
+   transaction with a savepoint a client, which re-checks that the client is
+   still due and clears its lease; a client that fails rolls back alone.
 
 A replica killed between the steps leaves leases that run out, and the
 clients are claimed again by whoever scans next; no client is half-rotated,
-since step 3 is one transaction.
+since its step 3 commits whole or not at all.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ import asyncpg
 
 from keysvc.errors import KeysvcError
 from keysvc.keygen import KeyGenerator
-from keysvc.keys import GeneratedKey, KeySpec
-from keysvc.lifecycle import Lifecycle
+from keysvc.keys import KeySpec
+from keysvc.lifecycle import DueRotation, Lifecycle
 from keysvc.models import Client
 from keysvc.scheduler import describe_failure
 
@@ -102,37 +103,30 @@ class ScheduledRotation:
             await asyncio.shield(self._release(claimed))
             raise
 
-        gate = asyncio.Semaphore(self.concurrency)
-        outcomes = await asyncio.gather(
-            *(
-                self._rotate_one(gate, client.client_id, spec, key)
-                for client, spec, key in zip(claimed, specs, generated, strict=True)
-            )
-        )
+        due = [
+            DueRotation(client.client_id, spec, key)
+            for client, spec, key in zip(claimed, specs, generated, strict=True)
+        ]
+        # ``concurrency`` groups at once, each one transaction: a few commits a
+        # batch instead of one a client.
+        size = max(1, -(-len(due) // self.concurrency))
+        groups = [due[i : i + size] for i in range(0, len(due), size)]
+        results = await asyncio.gather(*(self._rotate_group(g) for g in groups))
+        outcomes = [outcome for group in results for outcome in group]
 
         return outcomes.count(True), outcomes.count(None)
 
-    async def _rotate_one(
-        self,
-        gate: asyncio.Semaphore,
-        client_id: str,
-        spec: KeySpec,
-        key: GeneratedKey,
-    ) -> bool | None:
+    async def _rotate_group(self, group: Sequence[DueRotation]) -> list[bool | None]:
         """True when rotated, False when no longer due, None when it failed."""
-        async with gate:
-            try:
-                return await self.lifecycle.rotate_if_due(
-                    client_id, spec, key, actor=ACTOR
-                )
-            except (KeysvcError, asyncpg.PostgresError) as exc:
-                logger.warning(
-                    "scheduled rotation of client %s failed: %s",
-                    client_id,
-                    describe_failure(exc),
-                    extra={"client_id": client_id},
-                )
-                return None
+        try:
+            return await self.lifecycle.rotate_group_if_due(group, actor=ACTOR)
+        except (KeysvcError, asyncpg.PostgresError) as exc:
+            logger.warning(
+                "scheduled rotation of %d clients failed: %s",
+                len(group),
+                describe_failure(exc),
+            )
+            return [None] * len(group)
 
     async def _release(self, claimed: Sequence[Client]) -> None:
         async with self.lifecycle.store.transaction("release claims") as tx:

@@ -16,8 +16,8 @@ from typing import Any
 
 import asyncpg
 
-from keysvc.db import Connection, translated
-from keysvc.errors import KeysvcError
+from keysvc.db import CONNECTION_FAULTS, Connection, translated
+from keysvc.errors import KeysvcError, StatementFailed
 from keysvc.models import (
     AuthMethod,
     Client,
@@ -611,6 +611,21 @@ class Tx:
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+
+    @asynccontextmanager
+    async def savepoint(self, what: str) -> AsyncIterator[None]:
+        """A nested transaction: a failure inside rolls back only its own work.
+
+        A refused statement becomes :class:`StatementFailed`; a lost connection
+        still ends the whole transaction.
+        """
+        try:
+            async with self.conn.transaction():
+                yield
+        except CONNECTION_FAULTS:
+            raise
+        except asyncpg.PostgresError as exc:
+            raise StatementFailed(f"{what}: SQLSTATE {exc.sqlstate}") from exc
 
     async def now(self) -> datetime:
         """The database clock, which every replica shares."""
