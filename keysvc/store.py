@@ -195,6 +195,16 @@ def _one(row: asyncpg.Record | None) -> asyncpg.Record:
     return row
 
 
+def _secret(row: asyncpg.Record) -> SecretRecord:
+    return SecretRecord(
+        secret_id=row["secret_id"],
+        state=row["state"],
+        valid_until=row["valid_until"],
+        kek_id=row["kek_id"],
+        sealed=bytes(row["sealed"]),
+    )
+
+
 def _client(row: asyncpg.Record) -> Client:
     return Client(
         client_id=row["client_id"],
@@ -454,16 +464,7 @@ class Store:
             key_source=KeySource(client["key_source"]),
             alg=client["alg"],
             public_keys=[row["public_jwk"] for row in keys],
-            secrets=[
-                SecretRecord(
-                    secret_id=row["secret_id"],
-                    state=row["state"],
-                    valid_until=row["valid_until"],
-                    kek_id=row["kek_id"],
-                    sealed=bytes(row["sealed"]),
-                )
-                for row in secrets
-            ],
+            secrets=[_secret(row) for row in secrets],
         )
 
     async def signing_material(self, client_id: str) -> SigningMaterial | None:
@@ -566,19 +567,7 @@ class Store:
                 limit,
             )
 
-        return [
-            (
-                row["client_id"],
-                SecretRecord(
-                    secret_id=row["secret_id"],
-                    state=row["state"],
-                    valid_until=row["valid_until"],
-                    kek_id=row["kek_id"],
-                    sealed=bytes(row["sealed"]),
-                ),
-            )
-            for row in rows
-        ]
+        return [(row["client_id"], _secret(row)) for row in rows]
 
     # -- remote JWKS ----------------------------------------------------------
 

@@ -100,6 +100,26 @@ Verdict = Callable[[str], Awaitable[dict[str, Any]]]
 
 
 @pytest.fixture
+def signed_by_keysvc(
+    http: aiohttp.ClientSession,
+) -> Callable[[dict[str, Any]], Awaitable[str]]:
+    """An assertion for TOKEN_ENDPOINT, signed by keysvc for a created client."""
+
+    async def sign(created: dict[str, Any]) -> str:
+        client_id = created["client"]["client_id"]
+        response = await http.post(
+            f"/clients/{client_id}/assertions",
+            json={"audience": TOKEN_ENDPOINT},
+            headers={"Authorization": f"Bearer {created['client_token']}"},
+        )
+        body = await response.json()
+        assert response.status == 200, body
+        return str(body["client_assertion"])
+
+    return sign
+
+
+@pytest.fixture
 async def verify_at_keysvc(
     http: aiohttp.ClientSession, admin: dict[str, str], leak_watch: Any
 ) -> Verdict:

@@ -25,22 +25,6 @@ CreateClient = Callable[..., Awaitable[dict[str, Any]]]
 RunNode = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
 
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-async def signed_by_keysvc(http: aiohttp.ClientSession, created: dict[str, Any]) -> str:
-    client_id = created["client"]["client_id"]
-    response = await http.post(
-        f"/clients/{client_id}/assertions",
-        json={"audience": TOKEN_ENDPOINT},
-        headers=auth(created["client_token"]),
-    )
-    body = await response.json()
-    assert response.status == 200, body
-    return str(body["client_assertion"])
-
-
 @pytest.mark.parametrize("alg", ALL_ALGS)
 async def test_jose_verifies_keysvc_assertions_with_a_remote_jwks(
     http: aiohttp.ClientSession,
@@ -48,9 +32,10 @@ async def test_jose_verifies_keysvc_assertions_with_a_remote_jwks(
     create_client: CreateClient,
     run_node: RunNode,
     alg: str,
+    signed_by_keysvc: Callable[[dict[str, Any]], Awaitable[str]],
 ) -> None:
     created = await create_client("jose-as", alg=alg)
-    token = await signed_by_keysvc(http, created)
+    token = await signed_by_keysvc(created)
 
     [answer] = await run_node(
         "verify",
@@ -71,9 +56,10 @@ async def test_jose_refuses_a_keysvc_assertion_for_another_audience(
     http: aiohttp.ClientSession,
     create_client: CreateClient,
     run_node: RunNode,
+    signed_by_keysvc: Callable[[dict[str, Any]], Awaitable[str]],
 ) -> None:
     created = await create_client("jose-as")
-    token = await signed_by_keysvc(http, created)
+    token = await signed_by_keysvc(created)
     jwks = await (await http.get("/clients/jose-as/jwks.json")).json()
 
     answers = await run_node(

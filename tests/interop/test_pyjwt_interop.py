@@ -25,31 +25,16 @@ PYJWT_ALGS = [
 ]  # fmt: skip
 
 
-def auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-async def signed_by_keysvc(http: aiohttp.ClientSession, created: dict[str, Any]) -> str:
-    client_id = created["client"]["client_id"]
-    response = await http.post(
-        f"/clients/{client_id}/assertions",
-        json={"audience": TOKEN_ENDPOINT},
-        headers=auth(created["client_token"]),
-    )
-    body = await response.json()
-    assert response.status == 200, body
-    return str(body["client_assertion"])
-
-
 @pytest.mark.parametrize("alg", PYJWT_ALGS)
 async def test_pyjwt_verifies_keysvc_assertions_through_the_jwks_url(
     http: aiohttp.ClientSession,
     server: TestServer,
     create_client: Callable[..., Awaitable[dict[str, Any]]],
     alg: str,
+    signed_by_keysvc: Callable[[dict[str, Any]], Awaitable[str]],
 ) -> None:
     created = await create_client("pyjwt-as", alg=alg)
-    token = await signed_by_keysvc(http, created)
+    token = await signed_by_keysvc(created)
 
     jwks_client = jwt.PyJWKClient(
         str(server.make_url("/clients/pyjwt-as/jwks.json")),
@@ -71,10 +56,12 @@ async def test_pyjwt_verifies_keysvc_assertions_through_the_jwks_url(
 
 
 async def test_pyjwt_verifies_keysvc_hs256_assertions_with_the_client_secret(
-    http: aiohttp.ClientSession, create_client: Callable[..., Awaitable[dict[str, Any]]]
+    http: aiohttp.ClientSession,
+    create_client: Callable[..., Awaitable[dict[str, Any]]],
+    signed_by_keysvc: Callable[[dict[str, Any]], Awaitable[str]],
 ) -> None:
     created = await create_client("pyjwt-hmac", auth_method="client_secret_jwt")
-    token = await signed_by_keysvc(http, created)
+    token = await signed_by_keysvc(created)
 
     claims = jwt.decode(
         token,
