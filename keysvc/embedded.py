@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import stat
+import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -48,8 +49,11 @@ class EmbeddedPostgres:
 
     def start(self) -> tuple[Secret, Secret]:
         """Start (or join) the server; return (superuser DSN, keysvc DSN). Blocks."""
-        # Imported here: production never loads it.
-        from pgserver.postgres_server import get_server
+        # Imported here: production never loads it. Its import asks
+        # platformdirs for XDG_RUNTIME_DIR and warns where a shell has none.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+            from pgserver.postgres_server import get_server
 
         _private_dir(self.data_dir)
         self._server = get_server(self.data_dir / "pg", cleanup_mode="stop")
