@@ -27,6 +27,7 @@ from jwcrypto.jwa import JWA
 from jwcrypto.jwk import JWK
 
 from keysvc.errors import AssertionRejected
+from keysvc.keys import SIGNING_ALGS, key_type
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 EXPLICIT_TYP = "client-authentication+jwt"
@@ -35,21 +36,11 @@ MAX_ASSERTION_BYTES = 8192
 MAX_JTI_LENGTH = 256
 
 # The algorithms keysvc verifies and signs with, each with the key type (and
-# curve) it needs. "none", in any spelling, is absent, and so refused.
+# curve) it needs, looked up on every verification. "none", in any spelling,
+# is absent, and so refused.
 _KEY_TYPES: dict[str, tuple[str, str | None]] = {
-    "RS256": ("RSA", None),
-    "RS384": ("RSA", None),
-    "RS512": ("RSA", None),
-    "PS256": ("RSA", None),
-    "PS384": ("RSA", None),
-    "PS512": ("RSA", None),
-    "ES256": ("EC", "P-256"),
-    "ES384": ("EC", "P-384"),
-    "ES512": ("EC", "P-521"),
-    "EdDSA": ("OKP", "Ed25519"),
-    "Ed25519": ("OKP", "Ed25519"),
-    "HS256": ("oct", None),
-}
+    alg: key_type(alg) for alg in SIGNING_ALGS
+} | {"HS256": ("oct", None)}
 _EDDSA_NAMES = frozenset({"EdDSA", "Ed25519"})
 
 # Built once: jwcrypto's algorithm objects hold no key. "EdDSA" runs through
@@ -237,8 +228,8 @@ def sign_assertion(
     Without ``explicit_typ`` the header has no ``typ``: "JWT" would tell a
     verifier nothing it can check, and RFC 7519 makes it optional.
     """
-    key_type = _KEY_TYPES.get(alg)
-    if key_type is None or (key.get("kty"), key.get("crv")) != key_type:
+    needed = _KEY_TYPES.get(alg)
+    if needed is None or (key.get("kty"), key.get("crv")) != needed:
         raise ValueError(f"{alg} cannot sign with this key")
     if lifetime_seconds <= 0:
         raise ValueError("an assertion's lifetime must be positive")
@@ -306,9 +297,9 @@ def _alg_fits(alg: str, key: VerificationKey) -> bool:
     if not same_name or key.symmetric != (alg == "HS256"):
         return False
 
-    key_type = _KEY_TYPES.get(alg)
+    needed = _KEY_TYPES.get(alg)
 
-    return key_type == (key.key.get("kty"), key.key.get("crv"))
+    return needed == (key.key.get("kty"), key.key.get("crv"))
 
 
 def _signature_length(alg: str, key: JWK) -> int:
