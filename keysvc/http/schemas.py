@@ -31,6 +31,16 @@ PERIOD: Schema = {
 TIMESTAMP: Schema = {"type": "string", "format": "date-time"}
 NULLABLE_TIMESTAMP: Schema = {"type": ["string", "null"], "format": "date-time"}
 
+# What a client's policy may say, at creation and in a PATCH alike.
+_POLICY: Schema = {
+    "alg": {"enum": list(SIGNING_ALGS)},
+    "key_size": {"enum": [2048, 3072, 4096]},
+    "rotation_period": PERIOD,
+    "prepublish_period": PERIOD,
+    "grace_period": PERIOD,
+    "jwks_uri": {"type": "string", "minLength": 1, "maxLength": 2048},
+}
+
 CREATE_CLIENT: Schema = {
     "type": "object",
     "additionalProperties": False,
@@ -39,12 +49,7 @@ CREATE_CLIENT: Schema = {
         "client_id": {"type": "string", "pattern": CLIENT_ID_PATTERN},
         "auth_method": {"enum": ["private_key_jwt", "client_secret_jwt"]},
         "key_source": {"enum": ["generated", "imported", "remote"]},
-        "alg": {"enum": list(SIGNING_ALGS)},
-        "key_size": {"enum": [2048, 3072, 4096]},
-        "rotation_period": PERIOD,
-        "prepublish_period": PERIOD,
-        "grace_period": PERIOD,
-        "jwks_uri": {"type": "string", "minLength": 1, "maxLength": 2048},
+        **_POLICY,
     },
 }
 
@@ -52,14 +57,7 @@ PATCH_CLIENT: Schema = {
     "type": "object",
     "additionalProperties": False,
     "minProperties": 1,
-    "properties": {
-        "alg": {"enum": list(SIGNING_ALGS)},
-        "key_size": {"enum": [2048, 3072, 4096]},
-        "rotation_period": PERIOD,
-        "prepublish_period": PERIOD,
-        "grace_period": PERIOD,
-        "jwks_uri": {"type": "string", "minLength": 1, "maxLength": 2048},
-    },
+    "properties": _POLICY,
 }
 
 ROTATE: Schema = {
