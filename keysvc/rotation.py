@@ -9,9 +9,14 @@ itself:
    replicas that scan at once take different clients;
 2. generate: the batch's fresh ``next`` keys are made in the worker
    processes, with no transaction open, no row locked, no connection held;
-3. rotate: the batch in ``concurrency`` groups at once, each group one
-   transaction with a savepoint a client, which re-checks that the client is
-   still due and clears its lease; a client that fails rolls back alone.
+3. rotate: the batch in up to ``concurrency`` groups at once, each group one
+   transaction of set-based statements (a handful for the whole group), which
+   re-checks that each client is still due and clears its lease. If the
+   database refuses a group, it is redone client by client in savepoints, so
+   a client that fails rolls back alone.
+
+The steps overlap: batch n+1 is claimed and its keys generated while batch n
+commits, so the key workers are not idle while the database works.
 
 A replica killed between the steps leaves leases that run out, and the
 clients are claimed again by whoever scans next; no client is half-rotated,
@@ -65,18 +70,24 @@ class ScheduledRotation:
         one run does not retry it in a loop; the run then fails as a whole.
         """
         rotated = failed = 0
-        while not stopping():
-            claimed = await self._claim()
-            if not claimed:
-                break
-            done, errors = await self._rotate_batch(claimed)
-            rotated += done
-            failed += errors
-            if not done and not errors:
-                # Nothing in the batch was still due (rotated by hand, or its
-                # policy changed meanwhile): leave the rest to the next tick
-                # rather than claim the same clients again and again.
-                break
+        upcoming = await self._next_batch(stopping)
+        try:
+            while upcoming is not None:
+                due = await upcoming
+                # Claim and generate the following batch while this one commits.
+                upcoming = await self._next_batch(stopping)
+                done, errors = await self._rotate_batch(due)
+                rotated += done
+                failed += errors
+                if not done and not errors:
+                    # Nothing in the batch was still due (rotated by hand, or
+                    # its policy changed meanwhile): leave the rest to the next
+                    # tick rather than claim the same clients again and again.
+                    break
+        finally:
+            if upcoming is not None:
+                upcoming.cancel()  # its claims are given back as it ends
+                await asyncio.gather(upcoming, return_exceptions=True)
 
         if rotated or failed:
             logger.info("scheduled rotation: %d rotated, %d failed", rotated, failed)
@@ -88,13 +99,25 @@ class ScheduledRotation:
 
         return rotated
 
+    async def _next_batch(
+        self, stopping: Callable[[], bool]
+    ) -> asyncio.Task[list[DueRotation]] | None:
+        """Claim a batch and start making its keys; None when none is due."""
+        if stopping():
+            return None
+        claimed = await self._claim()
+        if not claimed:
+            return None
+
+        return asyncio.create_task(self._generate(claimed))
+
     async def _claim(self) -> list[Client]:
         async with self.lifecycle.store.transaction("claim due rotations") as tx:
             return await tx.claim_due_rotations(
                 limit=self.batch, lease_seconds=self.lease_seconds, owner=self.owner
             )
 
-    async def _rotate_batch(self, claimed: Sequence[Client]) -> tuple[int, int]:
+    async def _generate(self, claimed: Sequence[Client]) -> list[DueRotation]:
         specs = [KeySpec(c.policy.alg, c.policy.key_size) for c in claimed]
         try:
             generated = await self.generator.generate_many(specs)
@@ -103,12 +126,13 @@ class ScheduledRotation:
             await asyncio.shield(self._release(claimed))
             raise
 
-        due = [
+        return [
             DueRotation(client.client_id, spec, key)
             for client, spec, key in zip(claimed, specs, generated, strict=True)
         ]
-        # ``concurrency`` groups at once, each one transaction: a few commits a
-        # batch instead of one a client.
+
+    async def _rotate_batch(self, due: Sequence[DueRotation]) -> tuple[int, int]:
+        # ``concurrency`` groups at once, each one transaction.
         size = max(1, -(-len(due) // self.concurrency))
         groups = [due[i : i + size] for i in range(0, len(due), size)]
         results = await asyncio.gather(*(self._rotate_group(g) for g in groups))
@@ -119,7 +143,7 @@ class ScheduledRotation:
     async def _rotate_group(self, group: Sequence[DueRotation]) -> list[bool | None]:
         """True when rotated, False when no longer due, None when it failed."""
         try:
-            return await self.lifecycle.rotate_group_if_due(group, actor=ACTOR)
+            return await self.lifecycle.rotate_batch_if_due(group, actor=ACTOR)
         except (KeysvcError, asyncpg.PostgresError) as exc:
             logger.warning(
                 "scheduled rotation of %d clients failed: %s",

@@ -71,7 +71,7 @@ class Settings:
     shutdown_delay_seconds: float = 0.0
     keygen_workers: int = 0
     rotation_batch: int = 100
-    rotation_concurrency: int = 4
+    rotation_concurrency: int = 1
     rotation_lease_seconds: int = 120
     expired_key_retention_seconds: int = 90 * 86400
 

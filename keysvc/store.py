@@ -43,6 +43,10 @@ _VERIFIER_COLUMNS = "verifier_id, name, audiences, require_typ, created_at"
 _KEY_COLUMNS_OF_K = ", ".join(f"k.{c.strip()}" for c in _KEY_COLUMNS.split(","))
 
 
+# An audit event about to be written: client id, kind, kid, detail.
+AuditEntry = tuple[str, str, str | None, dict[str, Any]]
+
+
 @dataclass(frozen=True, slots=True)
 class NewKey:
     """A key about to be stored; ``sealed`` is None for an imported public key."""
@@ -246,6 +250,16 @@ def _key(row: asyncpg.Record) -> KeyRecord:
 def _row_count(status: str) -> int:
     """The count at the end of a command tag such as ``DELETE 42``."""
     return int(status.rsplit(" ", 1)[-1])
+
+
+def _columns(rows: Sequence[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    """Rows of ``width`` values as ``width`` column lists, for ``unnest``."""
+    columns: list[list[Any]] = [[] for _ in range(width)]
+    for row in rows:
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
+
+    return columns
 
 
 class Store:
@@ -688,6 +702,129 @@ class Tx:
             by_state.setdefault(key.state, []).append(key)
 
         return by_state
+
+    # -- many clients at once, for the scheduler's mass rotations -------------
+    # One statement for a whole batch instead of one per client: a batch of
+    # hundreds costs a handful of round trips.
+
+    async def lock_claimed_clients(
+        self, client_ids: Sequence[str]
+    ) -> dict[str, Client]:
+        """Lock several clients and clear their rotation claims, in one statement.
+
+        Rows are locked in client-id order, so two batches (or a batch and a
+        one-client change, which locks one row) never wait on each other in
+        a cycle. Returns the clients that still exist, by id.
+        """
+        rows = await self.conn.fetch(
+            f"""
+            UPDATE clients SET rotation_claimed_until = NULL, rotation_claimed_by = NULL
+            FROM (
+                SELECT client_id AS locked_id FROM clients
+                WHERE client_id = ANY($1::text[])
+                ORDER BY client_id
+                FOR UPDATE
+            ) AS locked
+            WHERE client_id = locked_id
+            RETURNING {_CLIENT_COLUMNS}
+            """,
+            list(client_ids),
+        )
+        return {row["client_id"]: _client(row) for row in rows}
+
+    async def live_keys_of(
+        self, client_ids: Sequence[str]
+    ) -> dict[str, dict[KeyState, list[KeyRecord]]]:
+        """:meth:`live_keys` for several clients (locked first), by client id."""
+        rows = await self.conn.fetch(
+            f"SELECT {_KEY_COLUMNS} FROM keys"
+            " WHERE client_id = ANY($1::text[])"
+            " AND state IN ('next', 'active', 'retired')"
+            " ORDER BY client_id, published_at",
+            list(client_ids),
+        )
+        by_client: dict[str, dict[KeyState, list[KeyRecord]]] = {}
+        for row in rows:
+            key = _key(row)
+            by_client.setdefault(key.client_id, {}).setdefault(key.state, []).append(
+                key
+            )
+
+        return by_client
+
+    async def retire_many(self, pairs: Sequence[tuple[str, str]]) -> int:
+        """Retire the active key of each (client id, kid); how many changed."""
+        client_ids, kids = _columns(pairs, 2)
+        status = await self.conn.execute(
+            "UPDATE keys k SET state = 'retired', retired_at = now()"
+            " FROM unnest($1::text[], $2::text[]) AS t(client_id, kid)"
+            " WHERE k.client_id = t.client_id AND k.kid = t.kid"
+            " AND k.state = 'active'",
+            client_ids,
+            kids,
+        )
+        return _row_count(status)
+
+    async def activate_many(self, pairs: Sequence[tuple[str, str]]) -> int:
+        """Activate the ``next`` key of each (client id, kid); how many changed."""
+        client_ids, kids = _columns(pairs, 2)
+        status = await self.conn.execute(
+            "UPDATE keys k SET state = 'active', activated_at = now()"
+            " FROM unnest($1::text[], $2::text[]) AS t(client_id, kid)"
+            " WHERE k.client_id = t.client_id AND k.kid = t.kid"
+            " AND k.state = 'next'",
+            client_ids,
+            kids,
+        )
+        return _row_count(status)
+
+    async def insert_next_keys(self, keys: Sequence[tuple[str, NewKey]]) -> None:
+        """Insert fresh ``next`` keys, one per (client id, key), in one statement."""
+        if any(key.state is not KeyState.NEXT for _, key in keys):
+            raise ValueError("insert_next_keys takes next keys only")
+        await self.conn.execute(
+            """
+            INSERT INTO keys (client_id, kid, alg, state, origin, public_jwk,
+                kek_id, sealed)
+            SELECT client_id, kid, alg, 'next', origin, public_jwk, kek_id, sealed
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],
+                $5::jsonb[], $6::text[], $7::bytea[])
+                AS t(client_id, kid, alg, origin, public_jwk, kek_id, sealed)
+            """,
+            [client_id for client_id, _ in keys],
+            [key.kid for _, key in keys],
+            [key.alg for _, key in keys],
+            [key.origin for _, key in keys],
+            [key.public_jwk for _, key in keys],
+            [key.kek_id for _, key in keys],
+            [key.sealed for _, key in keys],
+        )
+
+    async def record_many(self, events: Sequence[AuditEntry], *, actor: str) -> None:
+        """Append (client id, kind, kid, detail) events, in the order given."""
+        client_ids, kinds, kids, details = _columns(events, 4)
+        await self.conn.execute(
+            """
+            INSERT INTO events (client_id, kind, kid, actor, detail)
+            SELECT client_id, kind, kid, $5, detail
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::jsonb[])
+                WITH ORDINALITY AS t(client_id, kind, kid, detail, n)
+            ORDER BY n
+            """,
+            client_ids,
+            kinds,
+            kids,
+            [json.loads(json.dumps(d, default=str)) for d in details],
+            actor,
+        )
+
+    async def notify_many(self, channel: str, payloads: Sequence[str]) -> None:
+        """:meth:`notify` for each payload, in one statement."""
+        await self.conn.execute(
+            "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
+            channel,
+            list(payloads),
+        )
 
     async def get_key(self, client_id: str, kid: str) -> KeyRecord | None:
         row = await self.conn.fetchrow(

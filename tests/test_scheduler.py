@@ -39,6 +39,7 @@ from keysvc.keys import KeySpec
 from keysvc.metrics import Metrics
 from keysvc.scheduler import Scheduler
 from keysvc.settings import Settings
+from keysvc.store import Tx
 
 BATCH = 4
 LEASE_SECONDS = 1
@@ -195,9 +196,11 @@ async def test_rotation_waits_until_the_next_key_was_published_for_prepublish(
 
 
 async def test_many_due_clients_are_rotated_in_batches_without_locks_during_keygen(
-    create_client, db, jobs, app
+    create_client, db, jobs, app, monkeypatch
 ):
-    """While a batch's keys are made, no connection is out and no row is locked."""
+    """While a batch's keys are made, none of its rows is locked, and the
+    claim that leased them has committed (the previous batch may be
+    committing meanwhile: that overlap is the point)."""
     names = [f"mass-{i}" for i in range(3 * BATCH + 1)]
     for name in names:
         await create_client(name, rotation_period="1h", prepublish_period="1h")
@@ -205,17 +208,32 @@ async def test_many_due_clients_are_rotated_in_batches_without_locks_during_keyg
         "UPDATE keys SET published_at = published_at - interval '2 hours',"
         " activated_at = activated_at - interval '2 hours'"
     )
-    generator, pool = app[GENERATOR], app[STORE].pool
+    claims: list[list[str]] = []
+    real_claim = Tx.claim_due_rotations
+
+    async def recorded_claim(self: Tx, **kwargs: Any) -> list[Any]:
+        claimed = await real_claim(self, **kwargs)
+        claims.append([c.client_id for c in claimed])
+        return claimed
+
+    monkeypatch.setattr(Tx, "claim_due_rotations", recorded_claim)
+    generator = app[GENERATOR]
     real_generate_many = generator.generate_many
-    seen: list[tuple[int, int, int]] = []
+    seen: list[tuple[int, list[str], int]] = []
 
     async def watched(specs):
-        # A transaction holds its row locks until it ends: none may be open.
-        held = await db.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'keysvc'"
-            " AND datname = current_database() AND xact_start IS NOT NULL"
-        )
-        seen.append((len(specs), pool.get_size() - pool.get_idle_size(), held))
+        batch = claims[-1]
+        # NOWAIT fails at once on a row another transaction holds; the
+        # lease is visible only if its claim committed. The test's own locks
+        # end with its transaction, before the keys are made.
+        async with db.transaction():
+            leased = await db.fetchval(
+                "SELECT count(*) FROM (SELECT 1 FROM clients"
+                " WHERE client_id = ANY($1::text[]) AND rotation_claimed_until > now()"
+                " FOR UPDATE NOWAIT) AS unlocked",
+                batch,
+            )
+        seen.append((len(specs), batch, leased))
         return await real_generate_many(specs)
 
     generator.generate_many = watched  # type: ignore[method-assign]
@@ -224,13 +242,58 @@ async def test_many_due_clients_are_rotated_in_batches_without_locks_during_keyg
     finally:
         del generator.generate_many
 
-    assert [batch for batch, _, _ in seen] == [BATCH, BATCH, BATCH, 1]
-    assert all(out == 0 and held == 0 for _, out, held in seen), seen
+    assert [size for size, _, _ in seen] == [BATCH, BATCH, BATCH, 1]
+    assert all(len(batch) == size == leased for size, batch, leased in seen), seen
+    assert sorted(c for _, batch, _ in seen for c in batch) == sorted(names)
     counts = await db.fetch(
         "SELECT client_id, count(*) AS n FROM events"
         " WHERE kind = 'key.activated' GROUP BY client_id"
     )
     assert {row["client_id"]: row["n"] for row in counts} == dict.fromkeys(names, 1)
+
+
+async def test_a_client_the_database_refuses_fails_alone_and_keeps_its_keys(
+    create_client, db, jobs
+):
+    """One refused row sends its batch down the client-at-a-time path."""
+    names = [f"batch-{i}" for i in range(BATCH)]
+    for name in names:
+        await create_client(name, rotation_period="1h", prepublish_period="1h")
+    await shift_back_all(db, 7200)
+    before = await db.fetch(
+        "SELECT kid, state FROM keys WHERE client_id = 'batch-2' ORDER BY kid"
+    )
+    # A stand-in for any per-row refusal (a constraint, a full disk page).
+    await db.execute(
+        """
+        CREATE FUNCTION refuse_batch_2() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.client_id = 'batch-2' THEN
+                RAISE EXCEPTION 'refused for the test';
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER refuse_batch_2 BEFORE INSERT ON keys
+            FOR EACH ROW EXECUTE FUNCTION refuse_batch_2();
+        """
+    )
+
+    assert not await jobs.run_now("rotate")  # the job reports the failure
+
+    retired = await db.fetch(
+        "SELECT client_id FROM keys WHERE state = 'retired' ORDER BY client_id"
+    )
+    assert [r["client_id"] for r in retired] == [n for n in names if n != "batch-2"]
+    after = await db.fetch(
+        "SELECT kid, state FROM keys WHERE client_id = 'batch-2' ORDER BY kid"
+    )
+    assert after == before
+    events = await db.fetchval(
+        "SELECT count(*) FROM events WHERE client_id = 'batch-2'"
+        " AND kind IN ('key.activated', 'key.retired', 'key.generated')"
+        " AND actor = 'scheduler'"
+    )
+    assert events == 0
 
 
 @pytest.mark.slow
