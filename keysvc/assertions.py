@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import math
 import re
@@ -234,12 +235,6 @@ def sign_assertion(
     if lifetime_seconds <= 0:
         raise ValueError("an assertion's lifetime must be positive")
 
-    header: dict[str, str] = {"alg": alg}
-    if kid is not None:
-        header["kid"] = kid
-    if explicit_typ:
-        header["typ"] = EXPLICIT_TYP
-
     issued_at = int(now)
     expires_at = issued_at + lifetime_seconds
     jti = secrets.token_urlsafe(32)
@@ -252,7 +247,8 @@ def sign_assertion(
         "jti": jti,
     }
 
-    signing_input = _encode_object(header) + b"." + _encode_object(claims)
+    header = _header_segment(alg, kid, explicit_typ)
+    signing_input = header + b"." + _encode_object(claims)
     signature = _ALGORITHMS[alg].sign(key, signing_input)
     token = (signing_input + b"." + _encode_segment(signature)).decode("ascii")
 
@@ -417,5 +413,20 @@ def _encode_segment(data: bytes) -> bytes:
     return base64.urlsafe_b64encode(data).rstrip(b"=")
 
 
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def _encode_object(value: dict[str, Any]) -> bytes:
-    return _encode_segment(json.dumps(value, separators=(",", ":")).encode("ascii"))
+    return _encode_segment(_compact(value).encode("ascii"))
+
+
+@functools.lru_cache(maxsize=4096)
+def _header_segment(alg: str, kid: str | None, explicit_typ: bool) -> bytes:
+    """The encoded protected header: the same for every assertion of a key."""
+    header: dict[str, str] = {"alg": alg}
+    if kid is not None:
+        header["kid"] = kid
+    if explicit_typ:
+        header["typ"] = EXPLICIT_TYP
+
+    return _encode_object(header)

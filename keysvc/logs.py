@@ -10,8 +10,8 @@ import json
 import logging
 import re
 import sys
+import time
 from contextvars import ContextVar
-from datetime import UTC, datetime
 
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -31,11 +31,29 @@ def _mask(text: str) -> str:
 
 
 class JsonFormatter(logging.Formatter):
+    """One JSON object a line; written with the access log in mind, which
+    formats a line for every request at INFO."""
+
+    _encode = json.JSONEncoder(default=str).encode
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._stamp = ""
+
+    def _ts(self, created: float) -> str:
+        # The date and time change once a second; only the milliseconds move.
+        second = int(created)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        millis = min(999, int((created - second) * 1000))
+
+        return f"{self._stamp}.{millis:03d}+00:00"
+
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(
-                timespec="milliseconds"
-            ),
+            "ts": self._ts(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": _mask(record.getMessage()),
@@ -43,13 +61,14 @@ class JsonFormatter(logging.Formatter):
         request_id = request_id_var.get()
         if request_id is not None:
             entry["request_id"] = request_id
-        for name, value in record.__dict__.items():
-            if name not in _STANDARD and not name.startswith("_"):
-                entry[name] = value
+        fields = record.__dict__
+        for name in sorted(fields.keys() - _STANDARD):
+            if not name.startswith("_"):
+                entry[name] = fields[name]
         if record.exc_info:
             entry["exc_info"] = _mask(self.formatException(record.exc_info))
 
-        return json.dumps(entry, default=str)
+        return self._encode(entry)
 
 
 class MalformedRequestFilter(logging.Filter):
@@ -81,6 +100,13 @@ class TextFormatter(logging.Formatter):
 
 
 def setup_logging(log_format: str, level: str) -> None:
+    # Neither format shows the caller's file and line, thread or process: not
+    # looking them up saves a third of the cost of a line (logging HOWTO,
+    # "Optimization").
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()

@@ -6,6 +6,9 @@ kid in a time series database is a needless disclosure.
 
 from __future__ import annotations
 
+import functools
+from typing import TypeVar
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -15,6 +18,8 @@ from prometheus_client import (
 )
 
 from keysvc import __version__
+
+_Family = TypeVar("_Family", Counter, Gauge, Histogram)
 
 _LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0
@@ -136,3 +141,11 @@ class Metrics:
         )
         self.build = Info("keysvc_build", "The running keysvc version.", registry=r)
         self.build.info({"version": __version__})
+
+
+@functools.lru_cache(maxsize=4096)
+def child(family: _Family, *labels: str) -> _Family:
+    """``family.labels(*labels)``, looked up once: on a hot path ``labels()``
+    costs more than the increment it leads to. Label values are bounded sets
+    (routes, algorithms, reasons), so the cache stays small."""
+    return family.labels(*labels)

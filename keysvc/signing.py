@@ -23,7 +23,7 @@ from keysvc import client_secrets
 from keysvc.assertions import SignedAssertion, sign_assertion
 from keysvc.errors import Conflict, InvalidRequest, KeysvcError, NotFound, Unavailable
 from keysvc.keys import load_private_key
-from keysvc.metrics import Metrics
+from keysvc.metrics import Metrics, child
 from keysvc.models import AuthMethod
 from keysvc.sealing import SealedBlob, Sealer
 from keysvc.store import SigningMaterial, Store
@@ -110,7 +110,7 @@ class AssertionSigner:
             now=self.clock.now(),
             explicit_typ=explicit_typ,
         )
-        self.metrics.assertions_signed.labels(material.alg).inc()
+        child(self.metrics.assertions_signed, material.alg).inc()
 
         return signed
 

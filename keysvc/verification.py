@@ -36,7 +36,7 @@ from keysvc.assertions import (
 from keysvc.errors import AssertionRejected, KeysvcError, Unavailable, UnsealError
 from keysvc.flights import LoadingMap
 from keysvc.keys import SIGNING_ALGS, load_public_key
-from keysvc.metrics import Metrics
+from keysvc.metrics import Metrics, child
 from keysvc.models import AuthMethod, KeySource
 from keysvc.sealing import SealedBlob, Sealer
 from keysvc.store import Store, VerificationMaterial, VerifierRecord
@@ -186,16 +186,16 @@ class AssertionVerifier:
         try:
             verified = await self._verify(token, policy)
         except AssertionRejected as exc:
-            self.metrics.verifications.labels(exc.reason).inc()
+            child(self.metrics.verifications, exc.reason).inc()
             logger.debug("assertion refused: %s", exc.reason)
             raise
         except Unavailable:
             # Undecided (the database, or a remote client's JWKS host, is
             # down): the verifier gets a 503 and may retry, not a refusal.
-            self.metrics.verifications.labels("unavailable").inc()
+            child(self.metrics.verifications, "unavailable").inc()
             raise
 
-        self.metrics.verifications.labels("valid").inc()
+        child(self.metrics.verifications, "valid").inc()
         return verified
 
     async def _verify(self, token: object, policy: VerifyPolicy) -> Verified:

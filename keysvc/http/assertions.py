@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -80,8 +80,9 @@ def _client_id(request: web.Request) -> str:
     return client_id
 
 
-def _at(unix_seconds: int) -> str | None:
-    return render.timestamp(datetime.fromtimestamp(unix_seconds, UTC))
+def _at(unix_seconds: int) -> str:
+    # What render.timestamp writes for a whole second, without a datetime.
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(unix_seconds))
 
 
 def _verifier_json(record: VerifierRecord) -> dict[str, Any]:

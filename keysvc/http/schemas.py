@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import fastjsonschema
 from aiohttp import web
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
@@ -278,16 +279,26 @@ ROTATED_SECRET: Schema = {
 
 
 class BodyValidator:
-    """Checks a JSON body against a schema, with messages that quote no values."""
+    """Checks a JSON body against a schema, with messages that quote no values.
+
+    A body is accepted by a validator compiled to plain Python (fastjsonschema,
+    a few microseconds: this runs on every signing and /verify request); one
+    it refuses is judged again by jsonschema, the reference, whose error tree
+    names the place and the rule. A test holds the two to the same verdicts.
+    """
 
     def __init__(self, schema: Schema) -> None:
         Draft202012Validator.check_schema(schema)
         self._validator = Draft202012Validator(schema)
+        self._fast = fastjsonschema.compile(schema, use_formats=False)
 
     def __call__(self, body: Any) -> dict[str, Any]:
-        error = next(iter(self._validator.iter_errors(body)), None)
-        if error is not None:
-            raise InvalidRequest(_describe(error))
+        try:
+            self._fast(body)
+        except (fastjsonschema.JsonSchemaException, RecursionError):
+            error = next(iter(self._validator.iter_errors(body)), None)
+            if error is not None:
+                raise InvalidRequest(_describe(error)) from None
         if not isinstance(body, dict):
             raise InvalidRequest("the body must be a JSON object")
 
