@@ -48,7 +48,7 @@ class Budget:
             post_runs=_env_int("BENCH_POST_RUNS", 3),
             post_seconds=_env_float("BENCH_POST_SECONDS", 1 if quick else 3),
             rotation_runs=_env_int("BENCH_ROTATION_RUNS", 3),
-            rotation_window=_env_float("BENCH_ROTATION_WINDOW", 5 if quick else 10),
+            rotation_window=_env_float("BENCH_ROTATION_WINDOW", 5 if quick else 15),
             es256_clients=_env_int("BENCH_ES256_CLIENTS", 500 if quick else 10_000),
             rsa_clients=_env_int("BENCH_RSA_CLIENTS", 20 if quick else 1_000),
             memory_clients=_env_int("BENCH_MEMORY_CLIENTS", 2000 if quick else 100_000),

@@ -134,9 +134,11 @@ def create_app(
     app.cleanup_ctx.append(_scheduler)
     app.on_shutdown.append(_drain)
 
+    # aiohttp tries the routes under one path prefix in the order they were
+    # added: the hot ones (JWKS, then signing) go first.
     jwks.add_routes(app)
-    clients.add_routes(app)
     assertions.add_routes(app)
+    clients.add_routes(app)
     system.add_routes(app)
 
     return app
