@@ -43,6 +43,9 @@ _VERIFIER_COLUMNS = "verifier_id, name, audiences, require_typ, created_at"
 _KEY_COLUMNS_OF_K = ", ".join(f"k.{c.strip()}" for c in _KEY_COLUMNS.split(","))
 
 
+# The timestamp column a key's move into each state sets.
+_STATE_STAMPS = {KeyState.ACTIVE: "activated_at", KeyState.RETIRED: "retired_at"}
+
 # An audit event about to be written: client id, kind, kid, detail.
 AuditEntry = tuple[str, str, str | None, dict[str, Any]]
 
@@ -754,27 +757,25 @@ class Tx:
 
     async def retire_many(self, pairs: Sequence[tuple[str, str]]) -> int:
         """Retire the active key of each (client id, kid); how many changed."""
-        client_ids, kids = _columns(pairs, 2)
-        status = await self.conn.execute(
-            "UPDATE keys k SET state = 'retired', retired_at = now()"
-            " FROM unnest($1::text[], $2::text[]) AS t(client_id, kid)"
-            " WHERE k.client_id = t.client_id AND k.kid = t.kid"
-            " AND k.state = 'active'",
-            client_ids,
-            kids,
-        )
-        return _row_count(status)
+        return await self._move_many(pairs, KeyState.ACTIVE, KeyState.RETIRED)
 
     async def activate_many(self, pairs: Sequence[tuple[str, str]]) -> int:
         """Activate the ``next`` key of each (client id, kid); how many changed."""
+        return await self._move_many(pairs, KeyState.NEXT, KeyState.ACTIVE)
+
+    async def _move_many(
+        self, pairs: Sequence[tuple[str, str]], was: KeyState, becomes: KeyState
+    ) -> int:
+        stamp = _STATE_STAMPS[becomes]  # a column name of ours, never input
         client_ids, kids = _columns(pairs, 2)
         status = await self.conn.execute(
-            "UPDATE keys k SET state = 'active', activated_at = now()"
+            f"UPDATE keys k SET state = $3, {stamp} = now()"
             " FROM unnest($1::text[], $2::text[]) AS t(client_id, kid)"
-            " WHERE k.client_id = t.client_id AND k.kid = t.kid"
-            " AND k.state = 'next'",
+            " WHERE k.client_id = t.client_id AND k.kid = t.kid AND k.state = $4",
             client_ids,
             kids,
+            becomes.value,
+            was.value,
         )
         return _row_count(status)
 
