@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 
 from keysvc.keys import GeneratedKey, KeySpec, generate_key
-from keysvc.metrics import Metrics
+from keysvc.metrics import Metrics, child
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class KeyGenerator:
         keys = []
         for key, seconds in (made for chunk in done for made in chunk):
             if self._metrics is not None:
-                self._metrics.key_generation.labels(key.alg).observe(seconds)
+                child(self._metrics.key_generation, key.alg).observe(seconds)
             keys.append(key)
         logger.debug("generated %d keys in %d chunks", len(keys), len(chunks))
 

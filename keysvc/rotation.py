@@ -86,8 +86,7 @@ class ScheduledRotation:
                     break
         finally:
             if upcoming is not None:
-                upcoming.cancel()  # its claims are given back as it ends
-                await asyncio.gather(upcoming, return_exceptions=True)
+                await self._give_back(upcoming)
 
         if rotated or failed:
             logger.info("scheduled rotation: %d rotated, %d failed", rotated, failed)
@@ -123,7 +122,7 @@ class ScheduledRotation:
             generated = await self.generator.generate_many(specs)
         except BaseException:
             # Give the clients back at once rather than when the lease ends.
-            await asyncio.shield(self._release(claimed))
+            await asyncio.shield(self._release([c.client_id for c in claimed]))
             raise
 
         return [
@@ -152,6 +151,19 @@ class ScheduledRotation:
             )
             return [None] * len(group)
 
-    async def _release(self, claimed: Sequence[Client]) -> None:
+    async def _give_back(self, upcoming: asyncio.Task[list[DueRotation]]) -> None:
+        """Release a batch claimed ahead and not rotated, at once rather than
+        when its lease ends. Cancelled while its keys are made, it releases
+        them itself; made already, its clients are released here."""
+        upcoming.cancel()
+        (made,) = await asyncio.gather(upcoming, return_exceptions=True)
+        if isinstance(made, list):
+            try:
+                await asyncio.shield(self._release([d.client_id for d in made]))
+            except KeysvcError as exc:
+                # The leases run out by themselves; keep the error in flight.
+                logger.warning("claims not released: %s", exc.detail)
+
+    async def _release(self, client_ids: Sequence[str]) -> None:
         async with self.lifecycle.store.transaction("release claims") as tx:
-            await tx.release_rotation_claims([c.client_id for c in claimed])
+            await tx.release_rotation_claims(client_ids)

@@ -252,6 +252,51 @@ async def test_many_due_clients_are_rotated_in_batches_without_locks_during_keyg
     assert {row["client_id"]: row["n"] for row in counts} == dict.fromkeys(names, 1)
 
 
+async def test_a_batch_claimed_ahead_is_given_back_when_the_run_stops_early(
+    create_client, db, jobs, app
+):
+    """The run stops when a batch turns out not due; the batch it had
+    already claimed (and whose keys it made meanwhile) is released at once,
+    not left leased until the lease runs out."""
+    names = [f"ahead-{i}" for i in range(2 * BATCH)]
+    for name in names:
+        await create_client(name, rotation_period="1h", prepublish_period="1h")
+    await shift_back_all(db, 7200)
+    generator = app[GENERATOR]
+    real_generate_many = generator.generate_many
+    calls = 0
+
+    async def first_batch_changes_policy(specs):
+        nonlocal calls
+        calls += 1
+        made = await real_generate_many(specs)
+        if calls == 1:
+            # The keys just made no longer fit: this batch is not due now.
+            await db.execute(
+                "UPDATE clients SET alg = 'EdDSA' WHERE rotation_claimed_until"
+                " IS NOT NULL"
+            )
+        return made
+
+    generator.generate_many = first_batch_changes_policy  # type: ignore[method-assign]
+    try:
+        await run(jobs, "rotate")
+    finally:
+        del generator.generate_many
+
+    assert calls == 2  # the second batch was claimed and made ahead
+    leased = await db.fetchval(
+        "SELECT count(*) FROM clients WHERE rotation_claimed_until IS NOT NULL"
+    )
+    rotated = await db.fetchval("SELECT count(*) FROM keys WHERE state = 'retired'")
+    assert (leased, rotated) == (0, 0)
+
+    await run(jobs, "rotate")  # nothing waits for a lease to run out
+
+    rotated = await db.fetchval("SELECT count(*) FROM keys WHERE state = 'retired'")
+    assert rotated == 2 * BATCH
+
+
 async def test_a_client_the_database_refuses_fails_alone_and_keeps_its_keys(
     create_client, db, jobs
 ):
