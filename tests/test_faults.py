@@ -12,11 +12,13 @@ import aiohttp
 import asyncpg
 import pgserver
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from harness import own_temp_dir
 
 from keysvc.http.app import create_app
-from keysvc.http.appkeys import STATUS
+from keysvc.http.appkeys import JWKS_CACHE, STATUS
+from keysvc.lifecycle import NOTIFY_CHANNEL
 from keysvc.secret import Secret
 
 pytestmark = pytest.mark.slow
@@ -66,6 +68,34 @@ async def _until(predicate, *, within: float) -> float:
     raise AssertionError(f"not true within {within} s")
 
 
+async def _notifications_delivered(app: web.Application, dsn: str) -> None:
+    """Wait until the listener has handled every notification committed so
+    far: a fence sent now arrives after them (delivery follows commit order).
+
+    Without it, the NOTIFY of a client just created may land after its JWKS
+    was cached and drop it, and then no stale copy is left to serve.
+    """
+    cache = app[JWKS_CACHE]
+    real_invalidate = cache.invalidate
+    fenced = asyncio.Event()
+
+    def watched(client_id: str) -> None:
+        real_invalidate(client_id)
+        if client_id == "fence":
+            fenced.set()
+
+    cache.invalidate = watched  # type: ignore[method-assign]
+    try:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute("SELECT pg_notify($1, 'fence')", NOTIFY_CHANNEL)
+        finally:
+            await conn.close()
+        await asyncio.wait_for(fenced.wait(), 10)
+    finally:
+        del cache.invalidate
+
+
 async def test_keysvc_rides_out_a_database_restart(
     own_pg, settings, generator, admin, leak_watch
 ):
@@ -90,6 +120,7 @@ async def test_keysvc_rides_out_a_database_restart(
                 await http.post("/clients", json={"client_id": "steady"}, headers=admin)
             ).json()
             leak_watch.add(created["client_token"])
+            await _notifications_delivered(app, dsn)
             before = await (await http.get("/clients/steady/jwks.json")).json()
 
             await asyncio.to_thread(pg.stop)
