@@ -388,20 +388,17 @@ class Lifecycle:
             if following is None or current != item.spec:
                 continue
             new = self._sealed(item.client_id, item.key, KeyState.NEXT)
-            for active in live.get(KeyState.ACTIVE, []):
-                retiring.append((item.client_id, active.kid))
-                events.append((item.client_id, "key.retired", active.kid, {}))
+            actives = [k.kid for k in live.get(KeyState.ACTIVE, [])]
+            retiring += [(item.client_id, kid) for kid in actives]
             activating.append((item.client_id, following.kid))
-            events.append(
-                (
-                    item.client_id,
-                    "key.activated",
-                    following.kid,
-                    {"trigger": "scheduled"},
-                )
-            )
             fresh.append((item.client_id, new))
-            events.append((item.client_id, "key.generated", new.kid, {"state": "next"}))
+            events += _rotation_events(
+                item.client_id,
+                retired=actives,
+                activated=following.kid,
+                generated=new.kid,
+                trigger="scheduled",
+            )
         if not activating:
             return {}
 
@@ -715,18 +712,20 @@ class Lifecycle:
     ) -> None:
         """One rotation's writes: retire the active key, activate ``following``."""
         client_id = following.client_id
-        for current in live.get(KeyState.ACTIVE, []):
+        actives = live.get(KeyState.ACTIVE, [])
+        for current in actives:
             await tx.retire(client_id, current.kid)
-            await tx.record(client_id, "key.retired", actor=actor, kid=current.kid)
         await tx.activate(client_id, following.kid)
-        await tx.record(
-            client_id, "key.activated", actor=actor, kid=following.kid, trigger=trigger
-        )
         if fresh is not None:
             await tx.insert_keys(client_id, [fresh])
-            await tx.record(
-                client_id, "key.generated", actor=actor, kid=fresh.kid, state="next"
-            )
+        events = _rotation_events(
+            client_id,
+            retired=[k.kid for k in actives],
+            activated=following.kid,
+            generated=None if fresh is None else fresh.kid,
+            trigger=trigger,
+        )
+        await tx.record_many(events, actor=actor)
         await _notify(tx, client_id)
 
     def _rotated(self, client_id: str, kid: str, trigger: str) -> None:
@@ -807,6 +806,23 @@ def _due_next(
         return None
 
     return following
+
+
+def _rotation_events(
+    client_id: str,
+    *,
+    retired: Sequence[str],
+    activated: str,
+    generated: str | None,
+    trigger: str,
+) -> list[AuditEntry]:
+    """The audit trail of one rotation, in the order its writes happen."""
+    events: list[AuditEntry] = [(client_id, "key.retired", kid, {}) for kid in retired]
+    events.append((client_id, "key.activated", activated, {"trigger": trigger}))
+    if generated is not None:
+        events.append((client_id, "key.generated", generated, {"state": "next"}))
+
+    return events
 
 
 def _check_periods(policy: Policy) -> None:

@@ -693,18 +693,7 @@ class Tx:
 
     async def live_keys(self, client_id: str) -> dict[KeyState, list[KeyRecord]]:
         """The client's published keys by state (call after :meth:`lock_client`)."""
-        rows = await self.conn.fetch(
-            f"SELECT {_KEY_COLUMNS} FROM keys"
-            " WHERE client_id = $1 AND state IN ('next', 'active', 'retired')"
-            " ORDER BY published_at",
-            client_id,
-        )
-        by_state: dict[KeyState, list[KeyRecord]] = {}
-        for row in rows:
-            key = _key(row)
-            by_state.setdefault(key.state, []).append(key)
-
-        return by_state
+        return (await self.live_keys_of([client_id])).get(client_id, {})
 
     # -- many clients at once, for the scheduler's mass rotations -------------
     # One statement for a whole batch instead of one per client: a batch of
@@ -738,7 +727,8 @@ class Tx:
     async def live_keys_of(
         self, client_ids: Sequence[str]
     ) -> dict[str, dict[KeyState, list[KeyRecord]]]:
-        """:meth:`live_keys` for several clients (locked first), by client id."""
+        """The published keys of several clients (locked first): by client
+        id, then by state, each list in publication order."""
         rows = await self.conn.fetch(
             f"SELECT {_KEY_COLUMNS} FROM keys"
             " WHERE client_id = ANY($1::text[])"
